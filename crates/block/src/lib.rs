@@ -1,0 +1,1 @@
+//! The block layer every oxio front-end shares: a completion-based BlockBackend and its backends.

@@ -1,0 +1,1 @@
+//! A complete NBD server and Linux kernel NBD attach on top of oxio-block.

@@ -1,0 +1,1 @@
+//! OmniXtend: TileLink over Ethernet, a pipelined requester and a software memory node.

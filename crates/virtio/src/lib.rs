@@ -1,0 +1,1 @@
+//! VirtIO device emulation.
