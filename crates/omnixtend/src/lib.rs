@@ -1,1 +1,3 @@
 //! OmniXtend: TileLink over Ethernet, a pipelined requester and a software memory node.
+
+pub mod wire;
