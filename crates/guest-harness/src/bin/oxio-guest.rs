@@ -1,0 +1,120 @@
+//! The guest-side helper, statically linked into every initramfs as `/bin/oxio-guest`.
+//!
+//! ```text
+//! oxio-guest exit RC                       report RC to the host through isa-debug-exit
+//! oxio-guest fill  PATH OFFSET LEN SEED    write the shared test pattern, then fsync
+//! oxio-guest check PATH OFFSET LEN SEED    read and compare with the pattern
+//! ```
+//! Numbers accept a `0x` prefix and `K`/`M`/`G` suffixes.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::process::ExitCode;
+
+use oxio_guest_harness::pattern;
+
+/// The isa-debug-exit port the harness configures (`iobase=0xf4`).
+const DEBUG_EXIT_PORT: u16 = 0xf4;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["exit", rc] => parse(rc).and_then(debug_exit),
+        ["fill", path, offset, len, seed] => {
+            (|| fill(path, parse(offset)?, parse(len)?, parse(seed)?))()
+        }
+        ["check", path, offset, len, seed] => {
+            (|| check(path, parse(offset)?, parse(len)?, parse(seed)?))()
+        }
+        _ => Err("usage: oxio-guest exit RC | fill|check PATH OFFSET LEN SEED".to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("oxio-guest: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse(text: &str) -> Result<u64, String> {
+    let (digits, scale) = match text.chars().last() {
+        Some('K' | 'k') => (&text[..text.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&text[..text.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&text[..text.len() - 1], 1 << 30),
+        _ => (text, 1),
+    };
+    let value = match digits.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => digits.parse(),
+    };
+    value
+        .ok()
+        .and_then(|v| v.checked_mul(scale))
+        .ok_or_else(|| format!("`{text}` is not a number"))
+}
+
+/// Writes `rc + 1` (at most 127) to the isa-debug-exit port; QEMU exits at once.
+fn debug_exit(rc: u64) -> Result<(), String> {
+    let value = u8::try_from(rc.saturating_add(1).min(127)).unwrap_or(127);
+    // SAFETY: ioperm(2) only changes this process's I/O permission bitmap.
+    if unsafe { libc::ioperm(u64::from(DEBUG_EXIT_PORT), 1, 1) } != 0 {
+        return Err(format!("ioperm: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the port was granted above; writing to isa-debug-exit makes QEMU exit, and on
+    // hardware without it the write is ignored.
+    unsafe { std::arch::asm!("out dx, al", in("dx") DEBUG_EXIT_PORT, in("al") value) };
+    Err("isa-debug-exit is not present (QEMU did not exit)".to_string())
+}
+
+const CHUNK: usize = 1 << 20;
+
+fn fill(path: &str, offset: u64, len: u64, seed: u64) -> Result<(), String> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| format!("seek {path}: {e}"))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = offset;
+    let end = offset.checked_add(len).ok_or("offset + length overflows")?;
+    while pos < end {
+        let n = usize::try_from((end - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
+        pattern::fill(&mut buf[..n], pos, seed);
+        file.write_all(&buf[..n])
+            .map_err(|e| format!("write {path} at {pos}: {e}"))?;
+        pos += n as u64;
+    }
+    file.sync_all().map_err(|e| format!("fsync {path}: {e}"))
+}
+
+fn check(path: &str, offset: u64, len: u64, seed: u64) -> Result<(), String> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| format!("seek {path}: {e}"))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = offset;
+    let end = offset.checked_add(len).ok_or("offset + length overflows")?;
+    while pos < end {
+        let n = usize::try_from((end - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
+        file.read_exact(&mut buf[..n])
+            .map_err(|e| format!("read {path} at {pos}: {e}"))?;
+        if let Some(bad) = pattern::first_mismatch(&buf[..n], pos, seed) {
+            return Err(format!(
+                "{path}: byte {bad} differs from pattern seed {seed}"
+            ));
+        }
+        pos += n as u64;
+    }
+    println!("oxio-guest: {path} {offset}+{len} matches pattern seed {seed}");
+    Ok(())
+}
