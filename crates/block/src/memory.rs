@@ -1,0 +1,381 @@
+//! `memory`: a sparse RAM disk.
+//!
+//! Storage is a two-level table of 64 KiB chunks, allocated on first write and freed again
+//! when a whole chunk is discarded or zeroed, so a 1 TiB export costs only what is written.
+//! Each chunk has its own reader/writer lock: many connections and threads work in parallel
+//! unless they touch the same 64 KiB. There is no cache, so every completed write is visible
+//! to every queue at once (multi-conn safe) and flush has nothing to do.
+//!
+//! Requests complete inline in [`BlockQueue::submit`]: a memcpy is cheaper than any hand-off.
+
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use crate::{
+    BlockBackend, BlockError, BlockQueue, BlockSizes, Capabilities, Completion, Extent, Notifier,
+    Op, QueueFull, Request, Result, MAX_IO_BYTES,
+};
+
+const CHUNK_SHIFT: u32 = 16;
+const CHUNK: u64 = 1 << CHUNK_SHIFT;
+const CHUNK_BYTES: usize = 1 << CHUNK_SHIFT;
+const L2_LEN: u64 = 4096;
+/// The largest memory backend (64 TiB): keeps the first-level table small.
+pub const MAX_MEMORY_SIZE: u64 = 1 << 46;
+
+type Chunk = RwLock<Option<Box<[u8]>>>;
+
+/// A sparse in-memory block device.
+#[derive(Debug)]
+pub struct MemoryBackend {
+    store: Arc<Store>,
+}
+
+#[derive(Debug)]
+struct Store {
+    size: u64,
+    l1: Box<[OnceLock<Box<[Chunk]>>]>,
+    allocated_chunks: AtomicU64,
+}
+
+/// One piece of a request that falls within a single chunk.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    chunk: u64,
+    within: usize,
+    len: usize,
+    pos: usize,
+}
+
+impl MemoryBackend {
+    /// A zero-filled device of `size` bytes (at most [`MAX_MEMORY_SIZE`]).
+    pub fn new(size: u64) -> Result<Self> {
+        if size > MAX_MEMORY_SIZE {
+            return Err(BlockError::Invalid("memory backends are limited to 64 TiB"));
+        }
+        let chunks = size.div_ceil(CHUNK);
+        let l1_len = usize::try_from(chunks.div_ceil(L2_LEN))
+            .map_err(|_| BlockError::Invalid("memory backend too large for this machine"))?;
+        let l1 = (0..l1_len).map(|_| OnceLock::new()).collect();
+        Ok(MemoryBackend {
+            store: Arc::new(Store {
+                size,
+                l1,
+                allocated_chunks: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Bytes of RAM currently holding data.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.store.allocated_chunks.load(Ordering::Relaxed) * CHUNK
+    }
+}
+
+impl Store {
+    fn chunk(&self, index: u64) -> Option<&Chunk> {
+        let l2 = self.l1.get(usize::try_from(index / L2_LEN).ok()?)?.get()?;
+        l2.get(usize::try_from(index % L2_LEN).ok()?)
+    }
+
+    fn chunk_or_create(&self, index: u64) -> Option<&Chunk> {
+        let slot = self.l1.get(usize::try_from(index / L2_LEN).ok()?)?;
+        let l2 = slot.get_or_init(|| (0..L2_LEN).map(|_| RwLock::new(None)).collect());
+        l2.get(usize::try_from(index % L2_LEN).ok()?)
+    }
+
+    /// Splits `[offset, offset+len)` into per-chunk segments. The caller has range-checked.
+    #[allow(clippy::cast_possible_truncation)] // Documented below: every cast value < 64 KiB.
+    fn segments(offset: u64, len: u64) -> impl Iterator<Item = Segment> {
+        let end = offset + len;
+        let mut at = offset;
+        std::iter::from_fn(move || {
+            if at >= end {
+                return None;
+            }
+            let chunk = at >> CHUNK_SHIFT;
+            let within = at & (CHUNK - 1);
+            let seg = (CHUNK - within).min(end - at);
+            // Casts: `within` and `seg` are < CHUNK (64 KiB); `at - offset` is bounded by a
+            // buffer length, which is a usize, for reads and writes (callers of `pos`).
+            let s = Segment {
+                chunk,
+                within: within as usize,
+                len: seg as usize,
+                pos: usize::try_from(at - offset).unwrap_or(usize::MAX),
+            };
+            at += seg;
+            Some(s)
+        })
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) {
+        for s in Self::segments(offset, buf.len() as u64) {
+            let dst = &mut buf[s.pos..s.pos + s.len];
+            let guard = self
+                .chunk(s.chunk)
+                .map(|c| c.read().unwrap_or_else(|p| p.into_inner()));
+            match guard.as_deref() {
+                Some(Some(data)) => dst.copy_from_slice(&data[s.within..s.within + s.len]),
+                _ => dst.fill(0),
+            }
+        }
+    }
+
+    fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        for s in Self::segments(offset, buf.len() as u64) {
+            let chunk = self
+                .chunk_or_create(s.chunk)
+                .ok_or(BlockError::Invalid("bad chunk"))?;
+            let mut guard = chunk.write().unwrap_or_else(|p| p.into_inner());
+            if guard.is_none() {
+                *guard = Some(Self::alloc_chunk()?);
+                self.allocated_chunks.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(data) = guard.as_mut() {
+                data[s.within..s.within + s.len].copy_from_slice(&buf[s.pos..s.pos + s.len]);
+            }
+        }
+        Ok(())
+    }
+
+    fn alloc_chunk() -> Result<Box<[u8]>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(CHUNK_BYTES)
+            .map_err(|_| BlockError::NoSpace)?;
+        v.resize(CHUNK_BYTES, 0);
+        Ok(v.into_boxed_slice())
+    }
+
+    /// Zeroes the range, freeing chunks it covers entirely.
+    fn zero(&self, offset: u64, len: u64) {
+        for s in Self::segments(offset, len) {
+            let Some(chunk) = self.chunk(s.chunk) else {
+                continue;
+            };
+            let mut guard = chunk.write().unwrap_or_else(|p| p.into_inner());
+            if s.len as u64 == CHUNK {
+                if guard.take().is_some() {
+                    self.allocated_chunks.fetch_sub(1, Ordering::Relaxed);
+                }
+            } else if let Some(data) = guard.as_mut() {
+                data[s.within..s.within + s.len].fill(0);
+            }
+        }
+    }
+
+    fn is_allocated(&self, chunk: u64) -> bool {
+        self.chunk(chunk)
+            .map(|c| c.read().unwrap_or_else(|p| p.into_inner()).is_some())
+            .unwrap_or(false)
+    }
+
+    fn execute(&self, op: &mut Op) -> Result<()> {
+        match op {
+            Op::Read { offset, buf } => self.read(*offset, buf),
+            Op::Write { offset, buf, .. } => self.write(*offset, buf)?,
+            Op::Discard { offset, len } | Op::WriteZeroes { offset, len, .. } => {
+                self.zero(*offset, *len);
+            }
+            Op::Flush | Op::Cache { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+impl BlockBackend for MemoryBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            size: self.store.size,
+            read_only: false,
+            flush: true,
+            fua: true,
+            discard: true,
+            write_zeroes: true,
+            fast_zero: true,
+            cache: true,
+            multi_conn: true,
+            extents: true,
+            rotational: false,
+            block_size: BlockSizes {
+                min: 1,
+                preferred: 4096,
+                max: MAX_IO_BYTES,
+            },
+        }
+    }
+
+    fn open_queue(&self, depth: usize) -> Result<Box<dyn BlockQueue>> {
+        Ok(Box::new(MemoryQueue {
+            store: Arc::clone(&self.store),
+            caps: self.capabilities(),
+            done: Vec::with_capacity(depth),
+            depth: depth.max(1),
+            notifier: Notifier::new()?,
+        }))
+    }
+
+    fn extents(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> Result<()> {
+        self.capabilities().check_range(offset, len)?;
+        for s in Store::segments(offset, len) {
+            let hole = !self.store.is_allocated(s.chunk);
+            match out.last_mut() {
+                Some(last) if last.hole == hole => last.len += s.len as u64,
+                _ => out.push(Extent {
+                    len: s.len as u64,
+                    hole,
+                    zero: hole,
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("memory ({} bytes, sparse)", self.store.size)
+    }
+}
+
+/// A queue on a [`MemoryBackend`]; every request completes inside `submit`.
+#[derive(Debug)]
+struct MemoryQueue {
+    store: Arc<Store>,
+    caps: Capabilities,
+    done: Vec<Completion>,
+    depth: usize,
+    notifier: Notifier,
+}
+
+impl BlockQueue for MemoryQueue {
+    fn submit(&mut self, mut req: Request) -> std::result::Result<(), QueueFull> {
+        if self.done.len() >= self.depth {
+            return Err(QueueFull(req));
+        }
+        let result = self
+            .caps
+            .check(&req.op)
+            .and_then(|()| self.store.execute(&mut req.op));
+        self.done.push(Completion::new(req, result));
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
+        let n = self.done.len();
+        out.append(&mut self.done);
+        n
+    }
+
+    fn notifier(&self) -> BorrowedFd<'_> {
+        self.notifier.fd()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.done.len()
+    }
+
+    fn depth(&self) -> usize {
+        self.depth
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // Test sizes are small constants.
+mod tests {
+    use super::*;
+    use crate::{BlockingQueue, IoBuf};
+
+    fn queue(size: u64) -> (MemoryBackend, BlockingQueue) {
+        let b = MemoryBackend::new(size).unwrap();
+        let q = BlockingQueue::new(b.open_queue(4).unwrap());
+        (b, q)
+    }
+
+    #[test]
+    fn unwritten_reads_zero_and_writes_read_back_across_chunks() {
+        let (b, mut q) = queue(1 << 20);
+        assert!(q.read_at(0, 4096).unwrap().iter().all(|&x| x == 0));
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        q.write_at(CHUNK - 100, &data, false).unwrap();
+        assert_eq!(&*q.read_at(CHUNK - 100, data.len()).unwrap(), &data[..]);
+        assert_eq!(b.allocated_bytes(), 5 * CHUNK);
+    }
+
+    #[test]
+    fn zeroing_frees_whole_chunks_and_reports_holes() {
+        let (b, mut q) = queue(4 * CHUNK);
+        q.write_at(0, &vec![1u8; (4 * CHUNK) as usize], false)
+            .unwrap();
+        q.write_zeroes(10, 2 * CHUNK, true, false).unwrap();
+        assert_eq!(b.allocated_bytes(), 3 * CHUNK);
+        let got = q.read_at(0, (4 * CHUNK) as usize).unwrap();
+        assert!(got[..10].iter().all(|&x| x == 1));
+        assert!(got[10..(2 * CHUNK + 10) as usize].iter().all(|&x| x == 0));
+        assert!(got[(2 * CHUNK + 10) as usize..].iter().all(|&x| x == 1));
+        let mut ext = Vec::new();
+        b.extents(0, 4 * CHUNK, &mut ext).unwrap();
+        assert_eq!(
+            ext,
+            vec![
+                Extent {
+                    len: CHUNK,
+                    hole: false,
+                    zero: false
+                },
+                Extent {
+                    len: CHUNK,
+                    hole: true,
+                    zero: true
+                },
+                Extent {
+                    len: 2 * CHUNK,
+                    hole: false,
+                    zero: false
+                },
+            ]
+        );
+        q.discard(0, 4 * CHUNK).unwrap();
+        assert_eq!(b.allocated_bytes(), 0);
+    }
+
+    #[test]
+    fn out_of_range_requests_fail_without_side_effects() {
+        let (b, mut q) = queue(8192);
+        let err = q.write_at(8000, &[1u8; 500], false).unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL);
+        assert!(q.read_at(u64::MAX - 10, 100).is_err());
+        assert_eq!(b.allocated_bytes(), 0);
+        assert!(b.extents(8192, 1, &mut Vec::new()).is_err());
+        assert!(MemoryBackend::new(MAX_MEMORY_SIZE + 1).is_err());
+    }
+
+    #[test]
+    fn queue_depth_is_enforced_until_reaped() {
+        let b = MemoryBackend::new(1 << 20).unwrap();
+        let mut q = b.open_queue(2).unwrap();
+        for tag in 0..2 {
+            q.submit(Request { tag, op: Op::Flush }).unwrap();
+        }
+        assert!(q
+            .submit(Request {
+                tag: 9,
+                op: Op::Flush
+            })
+            .is_err());
+        let mut out = Vec::new();
+        assert_eq!(q.reap(&mut out), 2);
+        assert_eq!(q.in_flight(), 0);
+        let read = Op::Read {
+            offset: 0,
+            buf: IoBuf::zeroed(16),
+        };
+        q.submit(Request { tag: 3, op: read }).unwrap();
+        q.reap(&mut out);
+        assert_eq!(out[2].tag, 3);
+        assert_eq!(out[2].buf.as_ref().map(|b| b.len()), Some(16));
+    }
+}
