@@ -1,0 +1,551 @@
+//! The virtqueue engine: one API over split and packed rings.
+//!
+//! A device sees the same [`Queue`] whichever layout the driver negotiated:
+//!
+//! ```text
+//! loop {
+//!     queue.disable_notification();
+//!     while let Some(chain) = queue.pop(&mem)? {       // many chains per wake-up
+//!         let len = serve(chain.reader(), chain.writer());
+//!         queue.add_used(chain.id(), len);             // writes the element only
+//!     }
+//!     if queue.publish_used() { interrupt.signal_used(q)?; } // one index store, one decision
+//!     if !queue.enable_notification()? { break; }      // re-checks: no lost kick
+//! }
+//! ```
+//!
+//! Malformed chains never reach the device: [`Queue::pop`] completes them with a used length
+//! of 0, counts them in [`QueueStats`], and moves on. Only a broken ring itself (an avail index
+//! running ahead, an unterminated packed chain) is a [`QueueError`].
+
+mod chain;
+mod notify;
+mod packed;
+pub(crate) mod raw;
+mod rw;
+mod split;
+mod state;
+
+pub use chain::{
+    ChainError, DescriptorChain, OwnedDescriptorChain, Segment, DESC_F_INDIRECT, DESC_F_NEXT,
+    DESC_F_WRITE, MAX_INDIRECT_DESCRIPTORS,
+};
+pub use notify::NotificationData;
+pub use packed::{
+    DESC_F_AVAIL, DESC_F_USED, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE,
+    RING_EVENT_FLAGS_ENABLE,
+};
+pub use raw::RawDescriptor;
+pub use rw::{Reader, Writer};
+pub use split::{split_ring_sizes, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY};
+pub use state::QueueState;
+
+use std::collections::VecDeque;
+
+use crate::memory::GuestMemory;
+use packed::PackedRing;
+use split::SplitRing;
+
+/// Largest queue size the specification allows.
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// Default cap on segments per chain; see [`Queue::set_max_segments`].
+pub const DEFAULT_MAX_SEGMENTS: usize = 1024;
+
+/// Errors that leave the queue unusable until the driver resets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The queue is not ready or its layout is invalid.
+    #[error("Queue is not ready")]
+    NotReady,
+    /// The size is zero, too large, or (split) not a power of two.
+    #[error("Invalid queue size {0}")]
+    InvalidSize(u16),
+    /// A ring area is not aligned as the specification requires.
+    #[error("The {what} at {addr:#x} is misaligned")]
+    Misaligned {
+        /// Which area.
+        what: &'static str,
+        /// Its guest address.
+        addr: u64,
+    },
+    /// A ring area is not inside one region of guest memory.
+    #[error("The {what} at {addr:#x} is not inside one guest memory region")]
+    RingOutOfMemory {
+        /// Which area.
+        what: &'static str,
+        /// Its guest address.
+        addr: u64,
+    },
+    /// The driver's avail index is more than the queue size ahead of ours.
+    #[error("Driver's avail index {avail} runs more than the queue size ahead of {next}")]
+    AvailIndexAhead {
+        /// The driver's index.
+        avail: u16,
+        /// The device's next index.
+        next: u16,
+    },
+    /// A packed chain without an end within a whole lap of the ring.
+    #[error("Packed descriptor chain never ends")]
+    UnterminatedChain,
+    /// A saved state does not fit the queue.
+    #[error("Saved queue state is invalid")]
+    InvalidState,
+    /// An index computation left the ring (a bug; reported rather than trusted).
+    #[error("Internal ring index error")]
+    Internal,
+}
+
+/// Ring features negotiated with the driver that change how the queue behaves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingFeatures {
+    /// `VIRTIO_F_RING_PACKED`.
+    pub packed: bool,
+    /// `VIRTIO_F_INDIRECT_DESC`.
+    pub indirect: bool,
+    /// `VIRTIO_F_EVENT_IDX`.
+    pub event_idx: bool,
+    /// `VIRTIO_F_IN_ORDER`.
+    pub in_order: bool,
+}
+
+impl RingFeatures {
+    /// Extracts the ring features from a negotiated feature word.
+    pub fn from_bits(features: u64) -> Self {
+        use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED};
+        use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+        let has = |bit: u32| features & (1u64 << bit) != 0;
+        Self {
+            packed: has(VIRTIO_F_RING_PACKED),
+            indirect: has(VIRTIO_RING_F_INDIRECT_DESC),
+            event_idx: has(VIRTIO_RING_F_EVENT_IDX),
+            in_order: has(VIRTIO_F_IN_ORDER),
+        }
+    }
+}
+
+/// Guest addresses of the three ring areas (the names of virtio-mmio's registers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingAddresses {
+    /// Descriptor table (split) or descriptor ring (packed).
+    pub desc: u64,
+    /// Available ring (split) or driver event suppression (packed).
+    pub driver: u64,
+    /// Used ring (split) or device event suppression (packed).
+    pub device: u64,
+}
+
+/// Counters a device can report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Chains handed to the device.
+    pub popped: u64,
+    /// Malformed chains completed with length 0.
+    pub invalid_chains: u64,
+    /// Used elements written.
+    pub used: u64,
+    /// Batches published.
+    pub published: u64,
+    /// Publishes after which the driver wanted an interrupt.
+    pub interrupts: u64,
+}
+
+/// What a ring walk produced.
+#[derive(Debug)]
+pub enum Popped<'m> {
+    /// A valid chain.
+    Chain(DescriptorChain<'m>),
+    /// A malformed chain: complete it with `id` (the queue's `pop` does so itself).
+    Invalid {
+        /// The id to complete it with.
+        id: u16,
+        /// Ring slots it took (packed).
+        ring_slots: u16,
+        /// What was wrong.
+        error: ChainError,
+    },
+}
+
+#[derive(Debug)]
+enum Ring {
+    Split(SplitRing),
+    Packed(PackedRing),
+}
+
+/// Completions held back so that an `IN_ORDER` queue uses buffers in the order they were
+/// made available, whatever order the device finishes them in.
+#[derive(Debug, Default)]
+struct InOrder {
+    /// Ids in the order they were popped.
+    popped: VecDeque<u16>,
+    /// Length of each completed id not yet written (`u64::MAX` = not completed).
+    done: Vec<u64>,
+}
+
+/// A virtqueue, device side. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Queue {
+    max_size: u16,
+    size: u16,
+    ready: bool,
+    addrs: RingAddresses,
+    features: RingFeatures,
+    max_segments: usize,
+    /// Where the rings start after (re)activation: restored or initial indices.
+    start: QueueState,
+    ring: Option<Ring>,
+    mem: Option<GuestMemory>,
+    hint: usize,
+    in_order: InOrder,
+    /// Completions made before the rings were activated (after a restore), written at
+    /// activation. At most one per ring entry.
+    early_used: Vec<(u16, u32)>,
+    stats: QueueStats,
+}
+
+impl Queue {
+    /// A queue that accepts sizes up to `max_size` (which must be a power of two, at most
+    /// 32768); its size starts at `max_size`.
+    pub fn new(max_size: u16) -> Self {
+        let max_size = max_size.clamp(1, MAX_QUEUE_SIZE);
+        Self {
+            max_size,
+            size: max_size,
+            ready: false,
+            addrs: RingAddresses::default(),
+            features: RingFeatures::default(),
+            max_segments: DEFAULT_MAX_SEGMENTS,
+            start: QueueState::default(),
+            ring: None,
+            mem: None,
+            hint: 0,
+            in_order: InOrder::default(),
+            early_used: Vec::new(),
+            stats: QueueStats::default(),
+        }
+    }
+
+    /// Largest size the device accepts.
+    pub fn max_size(&self) -> u16 {
+        self.max_size
+    }
+
+    /// Current size.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Sets the size the driver chose (takes effect at activation).
+    pub fn set_size(&mut self, size: u16) {
+        self.size = size;
+        self.ring = None;
+    }
+
+    /// Whether the driver marked the queue ready.
+    pub fn ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Marks the queue ready or not.
+    pub fn set_ready(&mut self, ready: bool) {
+        self.ready = ready;
+        if !ready {
+            self.ring = None;
+        }
+    }
+
+    /// Ring addresses.
+    pub fn addresses(&self) -> RingAddresses {
+        self.addrs
+    }
+
+    /// Sets the ring addresses (takes effect at activation).
+    pub fn set_addresses(&mut self, addrs: RingAddresses) {
+        self.addrs = addrs;
+        self.ring = None;
+    }
+
+    /// Negotiated ring features.
+    pub fn features(&self) -> RingFeatures {
+        self.features
+    }
+
+    /// Sets the negotiated ring features (takes effect at activation).
+    pub fn set_features(&mut self, features: RingFeatures) {
+        self.features = features;
+        self.ring = None;
+    }
+
+    /// Caps the segments one chain may have (default [`DEFAULT_MAX_SEGMENTS`]); longer
+    /// chains are completed as invalid. Bounds the memory a hostile driver can make us use.
+    pub fn set_max_segments(&mut self, max: usize) {
+        self.max_segments = max.max(1);
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> QueueStats {
+        self.stats
+    }
+
+    /// Validates the layout against `mem` and starts the rings at the saved (or initial)
+    /// indices. Called by `pop` on first use; call it early to report errors early.
+    pub fn activate(&mut self, mem: &GuestMemory) -> Result<(), QueueError> {
+        if !self.ready {
+            return Err(QueueError::NotReady);
+        }
+        if self.size == 0 || self.size > self.max_size {
+            return Err(QueueError::InvalidSize(self.size));
+        }
+        let s = self.start;
+        let ring = if self.features.packed {
+            Ring::Packed(PackedRing::new(
+                mem,
+                self.addrs,
+                self.size,
+                self.features,
+                (s.next_avail, s.avail_wrap),
+                (s.next_used, s.used_wrap),
+            )?)
+        } else {
+            Ring::Split(SplitRing::new(
+                mem,
+                self.addrs,
+                self.size,
+                self.features,
+                s.next_avail,
+                s.next_used,
+            )?)
+        };
+        self.ring = Some(ring);
+        self.mem = Some(mem.clone());
+        self.in_order = InOrder::default();
+        if self.features.in_order {
+            self.in_order.done = vec![u64::MAX; 1 << 16];
+        }
+        for (id, len) in std::mem::take(&mut self.early_used) {
+            self.write_used(id, len);
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn ring(&mut self, mem: &GuestMemory) -> Result<&mut Ring, QueueError> {
+        let current = matches!(&self.mem, Some(m) if m.same_as(mem));
+        if self.ring.is_none() || !current {
+            // First use, or the guest memory map changed: rebuild the ring views from the
+            // current indices so no buffer is lost.
+            if self.ring.is_some() {
+                self.start = self.state();
+            }
+            self.activate(mem)?;
+        }
+        self.ring.as_mut().ok_or(QueueError::NotReady)
+    }
+
+    /// Pops the next valid chain, completing malformed ones (used length 0) on the way.
+    #[inline]
+    pub fn pop<'m>(
+        &mut self,
+        mem: &'m GuestMemory,
+    ) -> Result<Option<DescriptorChain<'m>>, QueueError> {
+        loop {
+            match self.pop_raw(mem)? {
+                None => return Ok(None),
+                Some(Popped::Chain(chain)) => return Ok(Some(chain)),
+                Some(Popped::Invalid { id, error, .. }) => {
+                    tracing::debug!(id, %error, "completing malformed descriptor chain");
+                    self.stats.invalid_chains += 1;
+                    self.add_used(id, 0);
+                }
+            }
+        }
+    }
+
+    /// Pops the next chain, valid or not; the caller completes invalid ones.
+    #[inline]
+    pub fn pop_raw<'m>(&mut self, mem: &'m GuestMemory) -> Result<Option<Popped<'m>>, QueueError> {
+        let max = self.max_segments;
+        let mut hint = self.hint;
+        let popped = match self.ring(mem)? {
+            Ring::Split(r) => r.pop(mem, &mut hint, max),
+            Ring::Packed(r) => r.pop(mem, &mut hint, max),
+        }?;
+        self.hint = hint;
+        if let Some(p) = &popped {
+            self.stats.popped += 1;
+            if self.features.in_order {
+                let id = match p {
+                    Popped::Chain(c) => c.id(),
+                    Popped::Invalid { id, .. } => *id,
+                };
+                self.in_order.popped.push_back(id);
+            }
+        }
+        Ok(popped)
+    }
+
+    /// Records that the chain `id` is done and `len` bytes were written into it. The element
+    /// is written now but only published by [`publish_used`](Self::publish_used).
+    #[inline]
+    pub fn add_used(&mut self, id: u16, len: u32) {
+        if self.features.in_order {
+            self.add_used_in_order(id, len);
+        } else {
+            self.write_used(id, len);
+        }
+    }
+
+    #[inline]
+    fn write_used(&mut self, id: u16, len: u32) {
+        self.stats.used += 1;
+        match &mut self.ring {
+            Some(Ring::Split(r)) => r.add_used(id, len),
+            Some(Ring::Packed(r)) => r.add_used(id, len),
+            None if self.early_used.len() < usize::from(self.size) => {
+                self.early_used.push((id, len));
+            }
+            None => tracing::warn!(id, "dropping a completion for an inactive queue"),
+        }
+    }
+
+    fn add_used_in_order(&mut self, id: u16, len: u32) {
+        if let Some(slot) = self.in_order.done.get_mut(usize::from(id)) {
+            *slot = u64::from(len);
+        }
+        while let Some(&front) = self.in_order.popped.front() {
+            let Some(slot) = self.in_order.done.get_mut(usize::from(front)) else {
+                break;
+            };
+            let Ok(len) = u32::try_from(*slot) else { break };
+            *slot = u64::MAX;
+            self.in_order.popped.pop_front();
+            self.write_used(front, len);
+        }
+    }
+
+    /// Publishes the used elements written since the last call (one index store) and says
+    /// whether the driver wants an interrupt for them. Call once per batch.
+    pub fn publish_used(&mut self) -> bool {
+        let notify = match &mut self.ring {
+            Some(Ring::Split(r)) => r.publish(),
+            Some(Ring::Packed(r)) => r.publish(),
+            None => false,
+        };
+        self.stats.published += 1;
+        if notify {
+            self.stats.interrupts += 1;
+        }
+        notify
+    }
+
+    /// Asks the driver not to notify us (we are busy polling the ring).
+    pub fn disable_notification(&mut self) {
+        match &mut self.ring {
+            Some(Ring::Split(r)) => r.disable_notification(),
+            Some(Ring::Packed(r)) => r.disable_notification(),
+            None => {}
+        }
+    }
+
+    /// Asks the driver to notify us again, then re-checks the ring: returns `true` if buffers
+    /// arrived meanwhile, in which case the caller must keep processing (no kick is lost).
+    pub fn enable_notification(&mut self, mem: &GuestMemory) -> Result<bool, QueueError> {
+        match self.ring(mem)? {
+            Ring::Split(r) => r.enable_notification(),
+            Ring::Packed(r) => r.enable_notification(),
+        }
+    }
+
+    /// Whether the driver has made buffers available that we have not popped.
+    pub fn has_available(&mut self, mem: &GuestMemory) -> Result<bool, QueueError> {
+        match self.ring(mem)? {
+            Ring::Split(r) => r.has_available(),
+            Ring::Packed(r) => r.has_available(),
+        }
+    }
+
+    /// Chains popped but not yet used, on an `IN_ORDER` queue (otherwise 0).
+    pub fn in_order_pending(&self) -> usize {
+        self.in_order.popped.len()
+    }
+
+    /// The indices to save so that a restarted backend resumes where this one stopped.
+    pub fn state(&self) -> QueueState {
+        let mut s = QueueState {
+            size: self.size,
+            ready: self.ready,
+            addrs: self.addrs,
+            features: self.features,
+            ..self.start
+        };
+        match &self.ring {
+            Some(Ring::Split(r)) => {
+                s.next_avail = r.next_avail();
+                s.next_used = r.next_used();
+            }
+            Some(Ring::Packed(r)) => {
+                (s.next_avail, s.avail_wrap) = r.next_avail();
+                (s.next_used, s.used_wrap) = r.next_used();
+            }
+            None => {}
+        }
+        s
+    }
+
+    /// Restores a saved state. The rings are re-validated at the next use, and the next
+    /// publish interrupts the driver unconditionally (the interrupt history is not saved).
+    pub fn restore(&mut self, state: QueueState) -> Result<(), QueueError> {
+        if state.size == 0 || state.size > self.max_size {
+            return Err(QueueError::InvalidState);
+        }
+        if state.features.packed
+            && (state.next_avail >= state.size || state.next_used >= state.size)
+        {
+            return Err(QueueError::InvalidState);
+        }
+        self.size = state.size;
+        self.ready = state.ready;
+        self.addrs = state.addrs;
+        self.features = state.features;
+        self.start = state;
+        self.ring = None;
+        self.mem = None;
+        Ok(())
+    }
+
+    /// Sets where the split ring's indices start (vhost-user `SET_VRING_BASE`): the avail
+    /// index to pop next, and the used index, which are equal for a fresh queue.
+    pub fn set_next_avail(&mut self, next_avail: u16, next_used: u16) {
+        self.start.next_avail = next_avail;
+        self.start.next_used = next_used;
+        self.ring = None;
+    }
+
+    /// Sets where a packed ring starts (vhost-user `SET_VRING_BASE` with the wrap counter in
+    /// bit 15 of each value).
+    pub fn set_packed_base(&mut self, avail: (u16, bool), used: (u16, bool)) {
+        (self.start.next_avail, self.start.avail_wrap) = avail;
+        (self.start.next_used, self.start.used_wrap) = used;
+        self.ring = None;
+    }
+
+    /// Returns the queue to its state after creation (device reset).
+    pub fn reset(&mut self) {
+        *self = Self {
+            max_segments: self.max_segments,
+            ..Self::new(self.max_size)
+        };
+    }
+
+    /// Forces the next publish to interrupt (for example after the backend restarted).
+    pub fn force_next_interrupt(&mut self) {
+        match &mut self.ring {
+            Some(Ring::Split(r)) => r.forget_signalled(),
+            Some(Ring::Packed(r)) => r.forget_signalled(),
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

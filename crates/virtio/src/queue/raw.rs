@@ -1,0 +1,165 @@
+//! Raw, bounds-checked access to ring memory the guest shares with us.
+//!
+//! The rings are validated once at activation (inside one guest-memory region, correctly
+//! aligned), then read and written through these small typed views. Each accessor checks its
+//! index against the view's length, so a bug in index arithmetic can never reach outside the
+//! ring: it yields `None` or is ignored, and the caller reports a queue error.
+//!
+//! Accesses are volatile or atomic, never Rust references into guest memory, because the guest
+//! writes the same bytes concurrently.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use crate::memory::GuestMemory;
+
+/// A validated area of guest memory: `len` bytes at `ptr`, naturally aligned for its fields.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Area {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: an `Area` is a pointer into a guest-memory mapping kept alive by the `GuestMemory`
+// its owner holds; all accesses through it are volatile or atomic.
+unsafe impl Send for Area {}
+
+/// Why an area could not be set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AreaError {
+    Misaligned,
+    OutOfMemory,
+}
+
+impl Area {
+    /// Validates `[addr, addr + len)`: inside one region of `mem` and aligned to `align`.
+    pub(crate) fn new(
+        mem: &GuestMemory,
+        addr: u64,
+        len: usize,
+        align: u64,
+    ) -> Result<Self, AreaError> {
+        if addr % align != 0 {
+            return Err(AreaError::Misaligned);
+        }
+        let len64 = u64::try_from(len).map_err(|_| AreaError::OutOfMemory)?;
+        let mut hint = 0;
+        let ptr = mem
+            .translate(addr, len64, &mut hint)
+            .ok_or(AreaError::OutOfMemory)?;
+        Ok(Self { ptr, len })
+    }
+
+    #[inline]
+    fn at<T>(&self, off: usize) -> Option<*mut T> {
+        let end = off.checked_add(std::mem::size_of::<T>())?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: `off + size_of::<T>() <= len`, so the pointer stays inside the validated
+        // area. Alignment: areas are aligned as the ring layout requires and every caller
+        // uses offsets that are multiples of `size_of::<T>()` from the area start.
+        Some(unsafe { self.ptr.add(off) }.cast::<T>())
+    }
+
+    /// Loads a little-endian u16 with `Acquire` ordering (indices and flags the guest
+    /// publishes after writing what they guard).
+    #[inline]
+    pub(crate) fn load_u16_acquire(&self, off: usize) -> Option<u16> {
+        let p = self.at::<u16>(off)?;
+        // SAFETY: `p` is in bounds and 2-byte aligned (see `at`); `AtomicU16` has the same
+        // layout as `u16`, and all concurrent accesses to it (the guest's) are atomic stores
+        // or plain aligned stores of the same width.
+        Some(u16::from_le(
+            unsafe { AtomicU16::from_ptr(p) }.load(Ordering::Acquire),
+        ))
+    }
+
+    #[inline]
+    pub(crate) fn load_u16(&self, off: usize) -> Option<u16> {
+        let p = self.at::<u16>(off)?;
+        // SAFETY: in bounds and aligned (see `at`); volatile because the guest may change it.
+        Some(u16::from_le(unsafe { p.read_volatile() }))
+    }
+
+    #[inline]
+    pub(crate) fn load_u32(&self, off: usize) -> Option<u32> {
+        let p = self.at::<u32>(off)?;
+        // SAFETY: in bounds and aligned (see `at`); volatile because the guest may change it.
+        Some(u32::from_le(unsafe { p.read_volatile() }))
+    }
+
+    #[inline]
+    pub(crate) fn load_u64(&self, off: usize) -> Option<u64> {
+        let p = self.at::<u64>(off)?;
+        // SAFETY: in bounds and aligned (see `at`); volatile because the guest may change it.
+        Some(u64::from_le(unsafe { p.read_volatile() }))
+    }
+
+    #[inline]
+    pub(crate) fn store_u16(&self, off: usize, v: u16) {
+        if let Some(p) = self.at::<u16>(off) {
+            // SAFETY: in bounds and aligned (see `at`).
+            unsafe { p.write_volatile(v.to_le()) }
+        }
+    }
+
+    /// Stores a u16 with `Release` ordering, publishing everything written before it.
+    #[inline]
+    pub(crate) fn store_u16_release(&self, off: usize, v: u16) {
+        if let Some(p) = self.at::<u16>(off) {
+            // SAFETY: in bounds and aligned (see `at`); see `load_u16_acquire` for atomicity.
+            unsafe { AtomicU16::from_ptr(p) }.store(v.to_le(), Ordering::Release);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn store_u32(&self, off: usize, v: u32) {
+        if let Some(p) = self.at::<u32>(off) {
+            // SAFETY: in bounds and aligned (see `at`).
+            unsafe { p.write_volatile(v.to_le()) }
+        }
+    }
+
+    /// Stores an 8-byte used-ring element `{id: u32, len: u32}` as one volatile u64 write.
+    #[inline]
+    pub(crate) fn store_used_elem(&self, off: usize, id: u32, len: u32) {
+        if let Some(p) = self.at::<u32>(off) {
+            let Some(q) = self.at::<u32>(off + 4) else {
+                return;
+            };
+            // SAFETY: both halves are in bounds and 4-byte aligned (see `at`).
+            unsafe {
+                p.write_volatile(id.to_le());
+                q.write_volatile(len.to_le());
+            }
+        }
+    }
+}
+
+/// A descriptor as read from guest memory (both layouts use 16 bytes: split's `next` is the
+/// packed layout's `id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RawDescriptor {
+    /// Guest physical address of the buffer.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// `next` (split) or buffer `id` (packed).
+    pub next_or_id: u16,
+    /// Descriptor flags.
+    pub flags: u16,
+}
+
+impl Area {
+    /// Reads descriptor `i` of a table in this area (`None` past the end).
+    #[inline]
+    pub(crate) fn desc(&self, i: usize) -> Option<RawDescriptor> {
+        let off = i.checked_mul(16)?;
+        Some(RawDescriptor {
+            addr: self.load_u64(off)?,
+            len: self.load_u32(off + 8)?,
+            next_or_id: self.load_u16(off + 12)?,
+            flags: self.load_u16(off + 14)?,
+        })
+    }
+}
