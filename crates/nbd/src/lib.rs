@@ -1,1 +1,3 @@
 //! A complete NBD server and Linux kernel NBD attach on top of oxio-block.
+
+pub mod kernel;

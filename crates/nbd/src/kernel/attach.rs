@@ -1,0 +1,266 @@
+//! One attached device end to end: socketpairs, one serving thread per connection, the chosen
+//! control plane, and an orderly disconnect.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::ioctl::IoctlDevice;
+use super::netlink::NbdNetlink;
+use super::{DeviceConfig, KernelError};
+
+/// Serves one connection's transmission phase until NBD_CMD_DISC or EOF: `(connection
+/// number, server end of the socketpair)`. The kernel speaks simple replies only.
+pub type ServeFn = Arc<dyn Fn(usize, UnixStream) -> Result<(), String> + Send + Sync>;
+
+/// Which control plane attaches the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMethod {
+    /// `NBD_SET_SOCK` + `NBD_DO_IT` on an existing `/dev/nbdN`.
+    Ioctl,
+    /// Generic netlink `NBD_CMD_CONNECT`.
+    Netlink,
+}
+
+/// How to attach.
+#[derive(Debug, Clone)]
+pub struct AttachOptions {
+    /// Control plane.
+    pub method: AttachMethod,
+    /// Device index N of `/dev/nbdN`; netlink may leave it `None` to take a free one.
+    pub index: Option<u32>,
+    /// Number of connections (sockets), each served by its own thread.
+    pub connections: usize,
+    /// What the kernel is told.
+    pub config: DeviceConfig,
+}
+
+#[derive(Debug)]
+enum Control {
+    Ioctl {
+        device: Arc<IoctlDevice>,
+        do_it: Option<JoinHandle<Result<(), KernelError>>>,
+    },
+    Netlink,
+}
+
+/// An attached device. [`Attachment::disconnect`] asks the kernel to end it;
+/// [`Attachment::wait`] returns once every connection has ended.
+#[derive(Debug)]
+pub struct Attachment {
+    index: u32,
+    path: PathBuf,
+    control: Control,
+    servers: Vec<JoinHandle<Result<(), String>>>,
+}
+
+impl Attachment {
+    /// Creates the connections, starts serving them, and attaches the device.
+    pub fn start(options: &AttachOptions, serve: ServeFn) -> Result<Self, KernelError> {
+        options.config.validate(options.connections)?;
+        if options.method == AttachMethod::Ioctl && options.index.is_none() {
+            return Err(KernelError::Config {
+                reason: "ioctl attach needs a device index".into(),
+            });
+        }
+        // Open the control plane first: a missing driver fails before any thread starts.
+        let mut plane = match options.method {
+            AttachMethod::Ioctl => {
+                Plane::Ioctl(IoctlDevice::open(&device_path(options.index.unwrap_or(0)))?)
+            }
+            AttachMethod::Netlink => Plane::Netlink(NbdNetlink::open()?),
+        };
+        let (kernel_ends, servers) = spawn_servers(options.connections, &serve)?;
+        let attached = match &mut plane {
+            Plane::Ioctl(device) => attach_ioctl(Arc::clone(device), &options.config, &kernel_ends),
+            Plane::Netlink(nl) => nl
+                .connect(&options.config, options.index, &kernel_ends)
+                .map(|index| (index, Control::Netlink)),
+        };
+        // The kernel holds its own references now (or failed): our copies only keep the
+        // servers from seeing EOF.
+        drop(kernel_ends);
+        match attached {
+            Ok((index, control)) => Ok(Attachment {
+                index,
+                path: device_path(index),
+                control,
+                servers,
+            }),
+            Err(err) => {
+                for server in servers {
+                    let _ = server.join();
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// N of `/dev/nbdN`.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// `/dev/nbdN`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether every connection has ended.
+    pub fn is_finished(&self) -> bool {
+        self.servers.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Asks the kernel to send NBD_CMD_DISC on every connection; the servers answer what is
+    /// in flight and return, after which [`Attachment::wait`] completes.
+    pub fn disconnect(&self) -> Result<(), KernelError> {
+        match &self.control {
+            Control::Ioctl { device, .. } => device.disconnect(),
+            Control::Netlink => NbdNetlink::open()?.disconnect(self.index),
+        }
+    }
+
+    /// Waits for every connection to end (and, for ioctl, for `NBD_DO_IT` to return and the
+    /// sockets to be cleared). The first serving error, if any, is returned.
+    pub fn wait(mut self) -> Result<(), KernelError> {
+        let mut first_error = None;
+        for (connection, server) in self.servers.drain(..).enumerate() {
+            let result = server
+                .join()
+                .unwrap_or_else(|_| Err("serving thread panicked".into()));
+            if let Err(message) = result {
+                first_error.get_or_insert(KernelError::Serve {
+                    connection,
+                    message,
+                });
+            }
+        }
+        if let Control::Ioctl { do_it, .. } = &mut self.control {
+            if let Some(handle) = do_it.take() {
+                let result = handle.join().unwrap_or_else(|_| {
+                    Err(KernelError::Protocol(
+                        "the NBD_DO_IT thread panicked".into(),
+                    ))
+                });
+                if let Err(err) = result {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// `/dev/nbd<index>`.
+pub fn device_path(index: u32) -> PathBuf {
+    PathBuf::from(format!("/dev/nbd{index}"))
+}
+
+enum Plane {
+    Ioctl(Arc<IoctlDevice>),
+    Netlink(NbdNetlink),
+}
+
+type Servers = (Vec<OwnedFd>, Vec<JoinHandle<Result<(), String>>>);
+
+/// One socketpair per connection; a thread serves each server end.
+fn spawn_servers(connections: usize, serve: &ServeFn) -> Result<Servers, KernelError> {
+    let mut kernel_ends = Vec::with_capacity(connections);
+    let mut servers = Vec::with_capacity(connections);
+    for connection in 0..connections {
+        let (kernel_end, server_end) = UnixStream::pair().map_err(|source| KernelError::Io {
+            what: "create a socketpair",
+            source,
+        })?;
+        let serve = Arc::clone(serve);
+        let handle = std::thread::Builder::new()
+            .name(format!("nbd-conn-{connection}"))
+            .spawn(move || serve(connection, server_end))
+            .map_err(|source| KernelError::Io {
+                what: "start a serving thread",
+                source,
+            })?;
+        kernel_ends.push(OwnedFd::from(kernel_end));
+        servers.push(handle);
+    }
+    Ok((kernel_ends, servers))
+}
+
+fn attach_ioctl(
+    device: Arc<IoctlDevice>,
+    config: &DeviceConfig,
+    sockets: &[OwnedFd],
+) -> Result<(u32, Control), KernelError> {
+    device.configure(config, sockets)?;
+    let index = index_of(device.path())?;
+    let runner = Arc::clone(&device);
+    let do_it = std::thread::Builder::new()
+        .name(format!("nbd{index}-do-it"))
+        .spawn(move || runner.run())
+        .map_err(|source| KernelError::Io {
+            what: "start the NBD_DO_IT thread",
+            source,
+        })?;
+    Ok((
+        index,
+        Control::Ioctl {
+            device,
+            do_it: Some(do_it),
+        },
+    ))
+}
+
+fn index_of(path: &Path) -> Result<u32, KernelError> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("nbd"))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| KernelError::Config {
+            reason: format!("{} is not /dev/nbdN", path.display()),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::FLAG_HAS_FLAGS;
+
+    fn never_called() -> ServeFn {
+        Arc::new(|_, _| Err("must not serve".into()))
+    }
+
+    #[test]
+    fn ioctl_attach_needs_an_index() {
+        let options = AttachOptions {
+            method: AttachMethod::Ioctl,
+            index: None,
+            connections: 1,
+            config: DeviceConfig::new(1 << 20, FLAG_HAS_FLAGS),
+        };
+        let err = Attachment::start(&options, never_called()).unwrap_err();
+        assert!(err.to_string().contains("needs a device index"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_driver_fails_before_serving() {
+        if Path::new("/dev/nbd15").exists() {
+            return; // This kernel has the driver: nothing to check here.
+        }
+        let options = AttachOptions {
+            method: AttachMethod::Ioctl,
+            index: Some(15),
+            connections: 1,
+            config: DeviceConfig::new(1 << 20, FLAG_HAS_FLAGS),
+        };
+        let err = Attachment::start(&options, never_called()).unwrap_err();
+        assert!(matches!(err, KernelError::Open { .. }), "{err}");
+    }
+
+    #[test]
+    fn parses_device_indexes() {
+        assert_eq!(index_of(Path::new("/dev/nbd12")).unwrap(), 12);
+        assert!(index_of(Path::new("/dev/sda")).is_err());
+    }
+}
