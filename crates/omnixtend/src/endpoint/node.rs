@@ -1,0 +1,288 @@
+//! The memory node: peers, their links, request execution, and the serving loop.
+
+use super::handler::{Executor, HandlerStats, Responder, Responses};
+use super::memory::Memory;
+use crate::link::{Compat, Link, LinkConfig, LinkStats, Received};
+use crate::transport::Transport;
+use crate::wire::tilelink::MAX_SIZE;
+use crate::wire::{EthernetFrame, Frame, LaneOrder, MacAddr, MessageType, FLIT};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Configuration of a memory node.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// The node's MAC address.
+    pub mac: MacAddr,
+    /// Data lane order (raw = the C driver's memory node, the default).
+    pub lane_order: LaneOrder,
+    /// Link behaviour; `Compat::C_PEER` tolerates the C driver.
+    pub compat: Compat,
+    /// Frame payload size (MTU).
+    pub mtu: usize,
+    /// Padding minimum in flits (5 = 70-byte frames like the C driver's peers).
+    pub min_flits: usize,
+    /// Channel A credits granted to each peer (flits).
+    pub rx_window: u64,
+    /// Most peers served at once.
+    pub max_peers: usize,
+    /// An Open from a connected peer within this time of its previous Open is taken as a
+    /// duplicate; after it, as a restarted peer (the connection is reset).
+    pub reopen_guard: Duration,
+    /// Initial retransmission timeout.
+    pub retransmit_timeout: Duration,
+    /// Delayed-ACK bound.
+    pub ack_delay: Duration,
+}
+
+impl EndpointConfig {
+    /// Defaults for a node with MAC `mac` at a 1500-byte MTU.
+    pub fn new(mac: MacAddr) -> EndpointConfig {
+        EndpointConfig {
+            mac,
+            lane_order: LaneOrder::Raw,
+            compat: Compat::SPEC,
+            mtu: 1500,
+            min_flits: 5,
+            rx_window: 1 << 16,
+            max_peers: 64,
+            reopen_guard: Duration::from_millis(250),
+            retransmit_timeout: Duration::from_millis(10),
+            ack_delay: Duration::from_micros(50),
+        }
+    }
+
+    fn link_config(&self, peer: MacAddr) -> LinkConfig {
+        let mut c = LinkConfig::new(self.mac, peer).with_mtu(self.mtu);
+        c.min_flits = self.min_flits;
+        c.compat = self.compat;
+        c.rx_window = [self.rx_window, 0, self.rx_window, 0, self.rx_window];
+        c.retransmit_timeout = self.retransmit_timeout;
+        c.ack_delay = self.ack_delay;
+        c
+    }
+
+    /// Largest transfer (log2 bytes) whose AccessAckData fits one frame.
+    fn max_size(&self) -> u8 {
+        let flits = (self.mtu.saturating_sub(16)) / FLIT;
+        (0..=MAX_SIZE)
+            .rev()
+            .find(|&n| (1usize << n).div_ceil(FLIT) < flits)
+            .unwrap_or(0)
+    }
+}
+
+/// Counters for the whole node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Peers currently connected.
+    pub peers: usize,
+    /// Connections opened (including resets by a restarted peer).
+    pub connections: u64,
+    /// Frames dropped: not for us, from unknown peers, or malformed.
+    pub dropped: u64,
+    /// Request counters.
+    pub handler: HandlerStats,
+    /// Link counters, summed over current peers.
+    pub link: LinkStats,
+}
+
+#[derive(Debug)]
+struct Peer {
+    link: Link,
+    responses: Responses,
+    opened_at: Instant,
+}
+
+/// The memory node state machine (no I/O).
+#[derive(Debug)]
+pub struct EndpointCore {
+    cfg: EndpointConfig,
+    mem: Memory,
+    peers: HashMap<MacAddr, Peer>,
+    stats: EndpointStats,
+    max_size: u8,
+}
+
+impl EndpointCore {
+    /// A node serving `mem`.
+    pub fn new(cfg: EndpointConfig, mem: Memory) -> EndpointCore {
+        let max_size = cfg.max_size();
+        EndpointCore {
+            cfg,
+            mem,
+            peers: HashMap::new(),
+            stats: EndpointStats::default(),
+            max_size,
+        }
+    }
+
+    /// The memory served.
+    pub fn memory(&self) -> &Memory {
+        &self.mem
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EndpointConfig {
+        &self.cfg
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EndpointStats {
+        let mut s = self.stats;
+        s.peers = self.peers.len();
+        for p in self.peers.values() {
+            let l = p.link.stats();
+            s.link.frames_sent += l.frames_sent;
+            s.link.frames_replayed += l.frames_replayed;
+            s.link.frames_accepted += l.frames_accepted;
+            s.link.duplicates += l.duplicates;
+            s.link.out_of_order += l.out_of_order;
+            s.link.naks_sent += l.naks_sent;
+            s.link.timeouts += l.timeouts;
+            s.link.malformed += l.malformed;
+            s.link.deferred += l.deferred;
+            s.link.ack_only_sent += l.ack_only_sent;
+        }
+        s
+    }
+
+    /// Handles one received frame. Frames that are not for us, malformed, or from a peer with
+    /// no connection (other than an Open) are counted and dropped.
+    pub fn receive(&mut self, now: Instant, bytes: &[u8]) {
+        if !self.try_receive(now, bytes) {
+            self.stats.dropped += 1;
+        }
+    }
+
+    fn try_receive(&mut self, now: Instant, bytes: &[u8]) -> bool {
+        let Ok(frame) = Frame::new_checked(bytes) else {
+            return false;
+        };
+        let Ok(header) = frame.header() else {
+            return false;
+        };
+        let eth = EthernetFrame::new_unchecked(bytes);
+        if eth.dst() != self.cfg.mac {
+            return false;
+        }
+        let src = eth.src();
+        if !self.peers.contains_key(&src) && !self.admit(now, src, header.msg_type) {
+            return false;
+        }
+        for _ in 0..2 {
+            let Some(peer) = self.peers.get_mut(&src) else {
+                return false;
+            };
+            let mut exec = Executor {
+                mem: &mut self.mem,
+                order: self.cfg.lane_order,
+                out: &mut peer.responses,
+                stats: &mut self.stats.handler,
+                max_size: self.max_size,
+                cap_flits: 1 << 17,
+            };
+            match peer.link.receive(now, bytes, &mut exec) {
+                Ok(Received::Reopen)
+                    if now.saturating_duration_since(peer.opened_at) >= self.cfg.reopen_guard =>
+                {
+                    tracing::info!(peer = %src, "peer reopened its connection; resetting it");
+                    peer.link.accept(now);
+                    peer.responses = Responses::default();
+                    peer.opened_at = now;
+                    self.stats.connections += 1;
+                }
+                Ok(_) => {
+                    if peer.link.peer_closed() {
+                        peer.link.close();
+                    }
+                    return true;
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    fn admit(&mut self, now: Instant, src: MacAddr, msg_type: MessageType) -> bool {
+        let opening = msg_type == MessageType::Open
+            || (self.cfg.compat.tolerant_receive && msg_type != MessageType::AckOnly);
+        if !opening || self.peers.len() >= self.cfg.max_peers {
+            return false;
+        }
+        tracing::info!(peer = %src, "connection opened");
+        let mut link = Link::new(self.cfg.link_config(src), now);
+        link.accept(now);
+        self.peers.insert(
+            src,
+            Peer {
+                link,
+                responses: Responses::default(),
+                opened_at: now,
+            },
+        );
+        self.stats.connections += 1;
+        true
+    }
+
+    /// Emits frames for every peer (at most `budget` per peer); forgets closed peers.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        budget: usize,
+        out: &mut dyn FnMut(&[u8]),
+    ) -> usize {
+        let mut sent = 0;
+        for peer in self.peers.values_mut() {
+            let mut src = Responder {
+                mem: &self.mem,
+                order: self.cfg.lane_order,
+                out: &mut peer.responses,
+            };
+            sent += peer.link.poll_transmit(now, &mut src, budget, out);
+        }
+        self.peers.retain(|mac, p| {
+            let done = p.link.peer_closed() && p.link.close_complete();
+            if done {
+                tracing::info!(peer = %mac, "connection closed");
+            }
+            !done
+        });
+        sent
+    }
+
+    /// When `poll_transmit` must next run.
+    pub fn poll_at(&self) -> Option<Instant> {
+        self.peers.values().filter_map(|p| p.link.poll_at()).min()
+    }
+}
+
+/// Serves `core` over `transport` until `stop` is set. Frames are received and sent in batches.
+pub fn serve(
+    core: &mut EndpointCore,
+    transport: &mut dyn Transport,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let mut send_err = None;
+        core.poll_transmit(now, 64, &mut |f| {
+            if let Err(e) = transport.send(f) {
+                send_err.get_or_insert(e);
+            }
+        });
+        transport.flush()?;
+        if let Some(e) = send_err {
+            return Err(e);
+        }
+        let wait = core
+            .poll_at()
+            .map_or(Duration::from_millis(100), |t| {
+                t.saturating_duration_since(now)
+            })
+            .min(Duration::from_millis(100));
+        transport.recv(Some(wait), &mut |f| core.receive(Instant::now(), f))?;
+    }
+    Ok(())
+}

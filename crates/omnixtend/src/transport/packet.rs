@@ -1,0 +1,307 @@
+//! AF_PACKET raw socket bound to one interface and EtherType 0xAAAA, batched with
+//! `sendmmsg`/`recvmmsg`.
+
+use super::sys::{wait_readable, EventFd};
+use super::{Transport, Waker};
+use crate::wire::{MacAddr, ETHERTYPE_OMNIXTEND};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Frames per `sendmmsg`/`recvmmsg` call.
+const BATCH: usize = 64;
+const BATCH_U32: libc::c_uint = 64;
+/// Bytes per frame buffer: a jumbo frame with room to spare.
+const FRAME_BUF: usize = 16 * 1024;
+
+/// An AF_PACKET socket on one interface.
+#[derive(Debug)]
+pub struct PacketSocket {
+    fd: OwnedFd,
+    mac: MacAddr,
+    mtu: usize,
+    wake: Arc<EventFd>,
+    tx: Vec<Vec<u8>>,
+    tx_len: Vec<usize>,
+    tx_count: usize,
+    rx: Vec<Vec<u8>>,
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn setsockopt_int(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: passes a pointer to a live c_int and its exact size.
+    check(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (&raw const value).cast(), len) })
+        .map(|_| ())
+}
+
+/// An `ifreq` naming `ifname`, or an error if the name is too long.
+fn ifreq(ifname: &str) -> io::Result<libc::ifreq> {
+    let bytes = ifname.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid interface name {ifname:?}"),
+        ));
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = libc::c_char::from_ne_bytes([*s]);
+    }
+    Ok(req)
+}
+
+impl PacketSocket {
+    /// Opens a socket on `ifname` (needs CAP_NET_RAW).
+    pub fn open(ifname: &str) -> io::Result<PacketSocket> {
+        let name = CString::new(ifname).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "interface name contains NUL")
+        })?;
+        // SAFETY: `name` is a valid NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("no network interface {ifname:?}: {e}"),
+            ));
+        }
+        let proto = ETHERTYPE_OMNIXTEND.to_be();
+        // SAFETY: plain socket(2) call; the result is checked.
+        let raw = check(unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::c_int::from(proto),
+            )
+        })
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open a raw socket (needs root or CAP_NET_RAW): {e}"),
+            )
+        })?;
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_ll is plain old data; all-zero is valid before we fill it in.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::sa_family_t::try_from(libc::AF_PACKET).unwrap_or_default();
+        sll.sll_protocol = proto;
+        sll.sll_ifindex =
+            i32::try_from(ifindex).map_err(|_| io::Error::other("interface index out of range"))?;
+        let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>()).unwrap_or(20);
+        // SAFETY: binds to a fully initialised sockaddr_ll of the stated length.
+        check(unsafe { libc::bind(fd.as_raw_fd(), (&raw const sll).cast(), len) })?;
+        for (opt, force) in [
+            (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE),
+            (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE),
+        ] {
+            if setsockopt_int(&fd, libc::SOL_SOCKET, force, 8 << 20).is_err() {
+                setsockopt_int(&fd, libc::SOL_SOCKET, opt, 8 << 20)?;
+            }
+        }
+        // Skipping the qdisc is only an optimisation; older kernels lack it.
+        let _ = setsockopt_int(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1);
+        let (mac, mtu) = interface_info(&fd, ifname)?;
+        Ok(PacketSocket {
+            fd,
+            mac,
+            mtu,
+            wake: EventFd::new()?,
+            tx: vec![vec![0; FRAME_BUF]; BATCH],
+            tx_len: vec![0; BATCH],
+            tx_count: 0,
+            rx: vec![vec![0; FRAME_BUF]; BATCH],
+        })
+    }
+
+    /// The interface's MAC address.
+    pub fn mac(&self) -> MacAddr {
+        self.mac
+    }
+
+    /// The interface's MTU.
+    pub fn mtu(&self) -> usize {
+        self.mtu
+    }
+
+    /// One `recvmmsg`: returns (frames read, frames delivered).
+    fn recv_batch(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> io::Result<(usize, usize)> {
+        // SAFETY: these are plain old data arrays filled in below before use.
+        let mut addrs: [libc::sockaddr_ll; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for i in 0..BATCH {
+            iovs[i] = libc::iovec {
+                iov_base: self.rx[i].as_mut_ptr().cast(),
+                iov_len: FRAME_BUF,
+            };
+            msgs[i].msg_hdr.msg_iov = &raw mut iovs[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_name = (&raw mut addrs[i]).cast();
+            msgs[i].msg_hdr.msg_namelen =
+                libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>()).unwrap_or(20);
+        }
+        // SAFETY: every mmsghdr points at a live iovec over a live FRAME_BUF-byte buffer and
+        // a live sockaddr_ll, all of which outlive the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                BATCH_U32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok((0, 0))
+            } else {
+                Err(e)
+            };
+        }
+        let n = usize::try_from(n).unwrap_or(0);
+        let mut delivered = 0;
+        for i in 0..n {
+            let outgoing = addrs[i].sll_pkttype == libc::PACKET_OUTGOING;
+            let truncated = msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            let len = msgs[i].msg_len as usize;
+            if !outgoing && !truncated {
+                on_frame(&self.rx[i][..len.min(FRAME_BUF)]);
+                delivered += 1;
+            }
+        }
+        Ok((n, delivered))
+    }
+}
+
+/// Reads the MAC address and MTU of `ifname`.
+fn interface_info(fd: &OwnedFd, ifname: &str) -> io::Result<(MacAddr, usize)> {
+    let mut req = ifreq(ifname)?;
+    // SAFETY: SIOCGIFHWADDR fills the ifreq we pass, which is live and correctly sized.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &raw mut req) })?;
+    // SAFETY: the kernel just filled the hwaddr member of the union.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (m, b) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *m = b.to_ne_bytes()[0];
+    }
+    let mut req = ifreq(ifname)?;
+    // SAFETY: as above, for SIOCGIFMTU.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFMTU, &raw mut req) })?;
+    // SAFETY: the kernel just filled the mtu member of the union.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    Ok((MacAddr(mac), usize::try_from(mtu).unwrap_or(1500)))
+}
+
+impl Transport for PacketSocket {
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        if frame.len() > FRAME_BUF {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame larger than the transport's buffers",
+            ));
+        }
+        if self.tx_count == BATCH {
+            self.flush()?;
+        }
+        self.tx[self.tx_count][..frame.len()].copy_from_slice(frame);
+        self.tx_len[self.tx_count] = frame.len();
+        self.tx_count += 1;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let mut start = 0;
+        while start < self.tx_count {
+            let count = self.tx_count - start;
+            // SAFETY: plain old data, filled in below.
+            let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+            for i in 0..count {
+                let j = start + i;
+                iovs[i] = libc::iovec {
+                    iov_base: self.tx[j].as_mut_ptr().cast(),
+                    iov_len: self.tx_len[j],
+                };
+                msgs[i].msg_hdr.msg_iov = &raw mut iovs[i];
+                msgs[i].msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: the first `count` headers point at live iovecs over live buffers of the
+            // stated lengths; the bound socket supplies the destination interface.
+            let n = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    msgs.as_mut_ptr(),
+                    libc::c_uint::try_from(count).unwrap_or(BATCH_U32),
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    // A full device queue drops the rest of the batch, as a busy NIC would;
+                    // the link layer retransmits.
+                    io::ErrorKind::WouldBlock => break,
+                    _ if e.raw_os_error() == Some(libc::ENOBUFS) => break,
+                    _ => {
+                        self.tx_count = 0;
+                        return Err(e);
+                    }
+                }
+            }
+            start += usize::try_from(n).unwrap_or(0).max(1);
+        }
+        self.tx_count = 0;
+        Ok(())
+    }
+
+    fn recv(
+        &mut self,
+        timeout: Option<Duration>,
+        on_frame: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<usize> {
+        let (mut read, mut total) = self.recv_batch(on_frame)?;
+        if read == 0 {
+            if !wait_readable(self.fd.as_raw_fd(), &self.wake, timeout)? {
+                return Ok(0);
+            }
+            (read, total) = self.recv_batch(on_frame)?;
+        }
+        // Drain a few more batches that are already waiting.
+        for _ in 0..3 {
+            if read < BATCH {
+                break;
+            }
+            let (r, n) = self.recv_batch(on_frame)?;
+            read = r;
+            total += n;
+        }
+        Ok(total)
+    }
+
+    fn waker(&self) -> Waker {
+        let w = self.wake.clone();
+        Waker::new(move || w.wake())
+    }
+}
