@@ -300,10 +300,21 @@ impl MockDriver {
         self.write(off, &idx.to_le_bytes());
     }
 
-    /// Writes a raw descriptor into the ring's table at `index` (for malformed-input tests).
+    /// Writes a raw descriptor, in this queue's layout, into the ring's table at `index`
+    /// (for malformed-input tests).
     pub fn write_desc(&self, index: u16, desc: crate::queue::RawDescriptor) {
         let addr = self.layout.addrs.desc + 16 * u64::from(index);
-        self.write(addr, &raw_desc_bytes(desc));
+        self.write_desc_at(addr, desc);
+    }
+
+    /// Writes a raw descriptor, in this queue's layout, at any guest address (an indirect
+    /// table entry, say).
+    pub fn write_desc_at(&self, addr: u64, desc: crate::queue::RawDescriptor) {
+        if self.features.packed {
+            write_packed_desc(&self.mem, addr, desc);
+        } else {
+            write_split_desc(&self.mem, addr, desc);
+        }
     }
 
     /// Split ring: appends `head` to the avail ring without checks (for malformed-input
@@ -338,16 +349,6 @@ impl MockDriver {
     }
 }
 
-/// The 16 bytes of a descriptor as the driver writes them.
-pub fn raw_desc_bytes(d: crate::queue::RawDescriptor) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[0..8].copy_from_slice(&d.addr.to_le_bytes());
-    b[8..12].copy_from_slice(&d.len.to_le_bytes());
-    b[12..14].copy_from_slice(&d.next_or_id.to_le_bytes());
-    b[14..16].copy_from_slice(&d.flags.to_le_bytes());
-    b
-}
-
 fn read_u16(mem: &GuestMemory, addr: u64) -> u16 {
     let mut b = [0u8; 2];
     mem.mmap()
@@ -370,9 +371,15 @@ fn read_u32(mem: &GuestMemory, addr: u64) -> u32 {
     u32::from_le_bytes(b)
 }
 
-fn write_desc_at(mem: &GuestMemory, addr: u64, d: crate::queue::RawDescriptor) {
+fn write_split_desc(mem: &GuestMemory, addr: u64, d: crate::queue::RawDescriptor) {
     mem.mmap()
-        .write_slice(&raw_desc_bytes(d), GuestAddress(addr))
+        .write_slice(&d.to_split_bytes(), GuestAddress(addr))
+        .expect("mock write");
+}
+
+fn write_packed_desc(mem: &GuestMemory, addr: u64, d: crate::queue::RawDescriptor) {
+    mem.mmap()
+        .write_slice(&d.to_packed_bytes(), GuestAddress(addr))
         .expect("mock write");
 }
 

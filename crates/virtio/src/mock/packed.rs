@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{fence, Ordering};
 
-use super::{read_u16, read_u32, write_desc_at, write_u16, Buf, MockError};
+use super::{read_u16, read_u32, write_packed_desc, write_u16, Buf, MockError};
 use crate::memory::GuestMemory;
 use crate::queue::{
     RawDescriptor, RingAddresses, DESC_F_AVAIL, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_USED,
@@ -98,7 +98,7 @@ impl PackedDriver {
                     next_or_id: id,
                     flags: f,
                 };
-                write_desc_at(mem, taddr + 16 * i as u64, d);
+                write_packed_desc(mem, taddr + 16 * i as u64, d);
             }
             descs.push((taddr, tlen, DESC_F_INDIRECT));
         } else {
@@ -125,7 +125,7 @@ impl PackedDriver {
                     next_or_id: id,
                     flags: old,
                 };
-                write_desc_at(mem, a.desc + 16 * u64::from(slot), d);
+                write_packed_desc(mem, a.desc + 16 * u64::from(slot), d);
             } else {
                 let d = RawDescriptor {
                     addr,
@@ -133,7 +133,7 @@ impl PackedDriver {
                     next_or_id: id,
                     flags: visible,
                 };
-                write_desc_at(mem, a.desc + 16 * u64::from(slot), d);
+                write_packed_desc(mem, a.desc + 16 * u64::from(slot), d);
             }
             self.step();
         }

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{fence, Ordering};
 
-use super::{read_u16, read_u32, vring_need_event, write_desc_at, write_u16, Buf, MockError};
+use super::{read_u16, read_u32, vring_need_event, write_split_desc, write_u16, Buf, MockError};
 use crate::memory::GuestMemory;
 use crate::queue::{RawDescriptor, RingAddresses, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 
@@ -70,7 +70,7 @@ impl SplitDriver {
                 next_or_id: next,
                 flags: flags(b, !last),
             };
-            write_desc_at(mem, a.desc + 16 * u64::from(slots[i]), d);
+            write_split_desc(mem, a.desc + 16 * u64::from(slots[i]), d);
         }
         if let Some((taddr, tlen)) = table {
             for (i, b) in indirect.iter().enumerate() {
@@ -82,7 +82,7 @@ impl SplitDriver {
                     next_or_id: next,
                     flags: flags(b, !last),
                 };
-                write_desc_at(mem, taddr + 16 * i as u64, d);
+                write_split_desc(mem, taddr + 16 * i as u64, d);
             }
             let d = RawDescriptor {
                 addr: taddr,
@@ -90,7 +90,7 @@ impl SplitDriver {
                 next_or_id: 0,
                 flags: DESC_F_INDIRECT,
             };
-            write_desc_at(mem, a.desc + 16 * u64::from(slots[need - 1]), d);
+            write_split_desc(mem, a.desc + 16 * u64::from(slots[need - 1]), d);
         }
         let head = slots[0];
         self.chains.insert(head, slots);

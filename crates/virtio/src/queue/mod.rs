@@ -200,6 +200,9 @@ pub struct Queue {
     /// Completions made before the rings were activated (after a restore), written at
     /// activation. At most one per ring entry.
     early_used: Vec<(u16, u32)>,
+    /// Whether we know what the driver was last told: true for a fresh queue, false after
+    /// a restore or a rebase, when the next publish must interrupt to be safe.
+    history_known: bool,
     stats: QueueStats,
 }
 
@@ -221,6 +224,7 @@ impl Queue {
             hint: 0,
             in_order: InOrder::default(),
             early_used: Vec::new(),
+            history_known: true,
             stats: QueueStats::default(),
         }
     }
@@ -317,6 +321,9 @@ impl Queue {
             )?)
         };
         self.ring = Some(ring);
+        if !self.history_known {
+            self.force_next_interrupt();
+        }
         self.mem = Some(mem.clone());
         self.in_order = InOrder::default();
         if self.features.in_order {
@@ -334,8 +341,12 @@ impl Queue {
         if self.ring.is_none() || !current {
             // First use, or the guest memory map changed: rebuild the ring views from the
             // current indices so no buffer is lost.
-            if self.ring.is_some() {
+            if let Some(ring) = &self.ring {
                 self.start = self.state();
+                self.history_known = match ring {
+                    Ring::Split(r) => r.history_known(),
+                    Ring::Packed(r) => r.history_known(),
+                };
             }
             self.activate(mem)?;
         }
@@ -510,6 +521,7 @@ impl Queue {
         self.start = state;
         self.ring = None;
         self.mem = None;
+        self.history_known = false;
         Ok(())
     }
 
@@ -519,6 +531,7 @@ impl Queue {
         self.start.next_avail = next_avail;
         self.start.next_used = next_used;
         self.ring = None;
+        self.history_known = false;
     }
 
     /// Sets where a packed ring starts (vhost-user `SET_VRING_BASE` with the wrap counter in
@@ -527,6 +540,7 @@ impl Queue {
         (self.start.next_avail, self.start.avail_wrap) = avail;
         (self.start.next_used, self.start.used_wrap) = used;
         self.ring = None;
+        self.history_known = false;
     }
 
     /// Returns the queue to its state after creation (device reset).

@@ -85,7 +85,7 @@ impl PackedRing {
             used_wrap,
             slots_by_id: vec![1; 1 << 16],
             batch_head: None,
-            signalled: None,
+            signalled: Some(lin(next_used, used_wrap, size)),
             notifications_enabled: true,
         })
     }
@@ -139,7 +139,7 @@ impl PackedRing {
             }
             let d = self
                 .ring
-                .desc(usize::from(idx))
+                .packed_desc(usize::from(idx))
                 .ok_or(QueueError::Internal)?;
             slots += 1;
             self.advance(&mut idx, &mut wrap, 1);
@@ -178,7 +178,7 @@ impl PackedRing {
         let (table, count) = b.indirect_table(d.addr, d.len)?;
         // Every entry of a packed indirect table is part of the chain (§2.8.7); NEXT is ignored.
         for i in 0..count as usize {
-            let e = table.desc(i).ok_or(ChainError::TooLong)?;
+            let e = table.packed_desc(i).ok_or(ChainError::TooLong)?;
             if e.flags & DESC_F_INDIRECT != 0 {
                 return Err(ChainError::NestedIndirect);
             }
@@ -275,6 +275,10 @@ impl PackedRing {
             .load_u16_acquire(off + FLAGS)
             .ok_or(QueueError::Internal)?;
         Ok(self.is_avail(flags, self.avail_wrap))
+    }
+
+    pub(crate) fn history_known(&self) -> bool {
+        self.signalled.is_some()
     }
 
     pub(crate) fn forget_signalled(&mut self) {

@@ -136,8 +136,10 @@ impl Area {
     }
 }
 
-/// A descriptor as read from guest memory (both layouts use 16 bytes: split's `next` is the
-/// packed layout's `id`).
+/// A descriptor as read from guest memory, in either layout.
+///
+/// Split (`virtq_desc`): `le64 addr; le32 len; le16 flags; le16 next`.
+/// Packed (`pvirtq_desc`): `le64 addr; le32 len; le16 id; le16 flags`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RawDescriptor {
     /// Guest physical address of the buffer.
@@ -150,10 +152,43 @@ pub struct RawDescriptor {
     pub flags: u16,
 }
 
+impl RawDescriptor {
+    /// The 16 bytes of a split-ring descriptor.
+    pub fn to_split_bytes(self) -> [u8; 16] {
+        self.to_bytes(self.flags, self.next_or_id)
+    }
+
+    /// The 16 bytes of a packed-ring descriptor.
+    pub fn to_packed_bytes(self) -> [u8; 16] {
+        self.to_bytes(self.next_or_id, self.flags)
+    }
+
+    fn to_bytes(self, at12: u16, at14: u16) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..8].copy_from_slice(&self.addr.to_le_bytes());
+        b[8..12].copy_from_slice(&self.len.to_le_bytes());
+        b[12..14].copy_from_slice(&at12.to_le_bytes());
+        b[14..16].copy_from_slice(&at14.to_le_bytes());
+        b
+    }
+}
+
 impl Area {
-    /// Reads descriptor `i` of a table in this area (`None` past the end).
+    /// Reads split-ring descriptor `i` of a table in this area (`None` past the end).
     #[inline]
-    pub(crate) fn desc(&self, i: usize) -> Option<RawDescriptor> {
+    pub(crate) fn split_desc(&self, i: usize) -> Option<RawDescriptor> {
+        let off = i.checked_mul(16)?;
+        Some(RawDescriptor {
+            addr: self.load_u64(off)?,
+            len: self.load_u32(off + 8)?,
+            flags: self.load_u16(off + 12)?,
+            next_or_id: self.load_u16(off + 14)?,
+        })
+    }
+
+    /// Reads packed-ring descriptor `i` of a ring or table in this area.
+    #[inline]
+    pub(crate) fn packed_desc(&self, i: usize) -> Option<RawDescriptor> {
         let off = i.checked_mul(16)?;
         Some(RawDescriptor {
             addr: self.load_u64(off)?,

@@ -69,7 +69,7 @@ impl SplitRing {
             next_avail: Wrapping(next_avail),
             cached_avail: Wrapping(next_avail),
             next_used: Wrapping(next_used),
-            signalled_used: None,
+            signalled_used: Some(Wrapping(next_used)),
             notifications_enabled: true,
         })
     }
@@ -146,7 +146,7 @@ impl SplitRing {
             }
             ttl -= 1;
             let d = table
-                .desc(usize::from(i))
+                .split_desc(usize::from(i))
                 .ok_or(ChainError::NextOutOfRange(i))?;
             if d.flags & DESC_F_INDIRECT != 0 {
                 if indirect {
@@ -240,6 +240,10 @@ impl SplitRing {
         }
         self.cached_avail = self.load_avail_idx()?;
         Ok(self.cached_avail != self.next_avail)
+    }
+
+    pub(crate) fn history_known(&self) -> bool {
+        self.signalled_used.is_some()
     }
 
     /// Forgets the interrupt history, so the next publish interrupts (after restore).

@@ -325,14 +325,14 @@ fn head_out_of_range_and_indirect_rules() {
     // Nested indirect table.
     let table = d.alloc(32).unwrap();
     let inner = d.alloc(16).unwrap();
-    d.write(
+    d.write_desc_at(
         table,
-        &crate::mock::raw_desc_bytes(RawDescriptor {
+        RawDescriptor {
             addr: inner,
             len: 16,
             next_or_id: 0,
             flags: DESC_F_INDIRECT,
-        }),
+        },
     );
     d.write_desc(
         1,
@@ -378,7 +378,7 @@ fn head_out_of_range_and_indirect_rules() {
             next_or_id: 1 - i,
             flags: DESC_F_NEXT,
         };
-        d.write(table + 16 * u64::from(i), &crate::mock::raw_desc_bytes(e));
+        d.write_desc_at(table + 16 * u64::from(i), e);
     }
     d.write_desc(
         0,
@@ -552,7 +552,7 @@ fn event_idx_suppresses_interrupts_and_kicks() {
         q.disable_notification();
         let c = q.pop(&mem).unwrap().unwrap();
         q.add_used(c.id(), 8);
-        assert!(q.publish_used(), "first publish always interrupts");
+        assert!(q.publish_used(), "used_event asked for this element");
         d.used();
         // The driver now disables interrupts: the next publish must not interrupt.
         d.set_interrupts(false);
