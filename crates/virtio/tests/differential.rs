@@ -2,6 +2,8 @@
 //! workloads, both engines must see the same chains and leave the same used ring.
 
 #![cfg(feature = "test-utils")]
+// A failed unwrap in a test is a test failure.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -215,8 +215,10 @@ fn refuses_bad_feature_sets() {
 #[test]
 fn config_space_and_narrow_accesses() {
     let mem = GuestMemory::anonymous(&[(0, 1 << 20)]).unwrap();
-    let mut dev = Loopback::default();
-    dev.config = [1, 2, 3, 4, 5, 6, 7, 8];
+    let dev = Loopback {
+        config: [1, 2, 3, 4, 5, 6, 7, 8],
+        ..Default::default()
+    };
     let mut t = MmioTransport::new(dev, mem).unwrap();
     let mut b = [0u8; 2];
     t.read(CONFIG + 6, &mut b);
