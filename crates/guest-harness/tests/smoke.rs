@@ -75,3 +75,26 @@ fn a_host_waits_for_a_mark_while_the_guest_runs() {
     outcome.expect_pass().unwrap();
     assert!(outcome.serial.contains("OXIO-MARK done"));
 }
+
+#[test]
+fn host_programs_run_with_their_shared_libraries() {
+    // mkfs.ext4 and e2fsck are dynamically linked: the harness copies what ldd lists.
+    let outcome = Guest::new("smoke-host-programs")
+        .module("loop")
+        .host_program("mkfs.ext4")
+        .host_program("e2fsck")
+        .script(
+            "dd if=/dev/zero of=/tmp/disk bs=1M count=32 2>/dev/null
+             losetup /dev/loop0 /tmp/disk
+             mkfs.ext4 -q -F /dev/loop0
+             mount -t ext4 /dev/loop0 /mnt
+             echo hello > /mnt/file
+             umount /mnt
+             e2fsck -fn /dev/loop0
+             losetup -d /dev/loop0",
+        )
+        .timeout(Duration::from_secs(120))
+        .run()
+        .unwrap();
+    outcome.expect_pass().unwrap();
+}
