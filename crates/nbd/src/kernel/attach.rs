@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::ioctl::IoctlDevice;
-use super::netlink::NbdNetlink;
+use super::netlink::{NbdNetlink, Reconfigure};
 use super::{DeviceConfig, KernelError};
 
 /// Serves one connection's transmission phase until NBD_CMD_DISC or EOF: `(connection
@@ -33,6 +33,11 @@ pub struct AttachOptions {
     pub index: Option<u32>,
     /// Number of connections (sockets), each served by its own thread.
     pub connections: usize,
+    /// Netlink only: instead of CONNECT, hand fresh sockets to the existing device `index`
+    /// with RECONFIGURE — how a restarted server takes over a device whose previous server
+    /// died, within the device's dead-connection timeout. The kernel only replaces dead
+    /// sockets, and `config.backend_identifier` must match the one given at CONNECT.
+    pub reconnect: bool,
     /// What the kernel is told.
     pub config: DeviceConfig,
 }
@@ -65,6 +70,12 @@ impl Attachment {
                 reason: "ioctl attach needs a device index".into(),
             });
         }
+        if options.reconnect && (options.method != AttachMethod::Netlink || options.index.is_none())
+        {
+            return Err(KernelError::Config {
+                reason: "reconnecting needs netlink attach and a device index".into(),
+            });
+        }
         // Open the control plane first: a missing driver fails before any thread starts.
         let mut plane = match options.method {
             AttachMethod::Ioctl => {
@@ -75,9 +86,14 @@ impl Attachment {
         let (kernel_ends, servers) = spawn_servers(options.connections, &serve)?;
         let attached = match &mut plane {
             Plane::Ioctl(device) => attach_ioctl(Arc::clone(device), &options.config, &kernel_ends),
-            Plane::Netlink(nl) => nl
-                .connect(&options.config, options.index, &kernel_ends)
-                .map(|index| (index, Control::Netlink)),
+            Plane::Netlink(nl) => match (options.reconnect, options.index) {
+                (true, Some(index)) => nl
+                    .reconfigure(index, &reconfigure_for(&options.config, &kernel_ends)?)
+                    .map(|()| (index, Control::Netlink)),
+                _ => nl
+                    .connect(&options.config, options.index, &kernel_ends)
+                    .map(|index| (index, Control::Netlink)),
+            },
         };
         // The kernel holds its own references now (or failed): our copies only keep the
         // servers from seeing EOF.
@@ -156,6 +172,25 @@ impl Attachment {
 /// `/dev/nbd<index>`.
 pub fn device_path(index: u32) -> PathBuf {
     PathBuf::from(format!("/dev/nbd{index}"))
+}
+
+/// A RECONFIGURE that keeps the configured timeouts and hands over duplicates of `sockets`.
+fn reconfigure_for(config: &DeviceConfig, sockets: &[OwnedFd]) -> Result<Reconfigure, KernelError> {
+    let sockets = sockets
+        .iter()
+        .map(OwnedFd::try_clone)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| KernelError::Io {
+            what: "duplicate a socket",
+            source,
+        })?;
+    Ok(Reconfigure {
+        timeout: Some(config.timeout.as_secs()),
+        dead_conn_timeout: Some(config.dead_conn_timeout.as_secs()),
+        client_flags: None,
+        backend_identifier: config.backend_identifier.clone(),
+        sockets,
+    })
 }
 
 enum Plane {
@@ -237,6 +272,7 @@ mod tests {
             method: AttachMethod::Ioctl,
             index: None,
             connections: 1,
+            reconnect: false,
             config: DeviceConfig::new(1 << 20, FLAG_HAS_FLAGS),
         };
         let err = Attachment::start(&options, never_called()).unwrap_err();
@@ -252,10 +288,27 @@ mod tests {
             method: AttachMethod::Ioctl,
             index: Some(15),
             connections: 1,
+            reconnect: false,
             config: DeviceConfig::new(1 << 20, FLAG_HAS_FLAGS),
         };
         let err = Attachment::start(&options, never_called()).unwrap_err();
         assert!(matches!(err, KernelError::Open { .. }), "{err}");
+    }
+
+    #[test]
+    fn reconnect_needs_netlink_and_an_index() {
+        let options = AttachOptions {
+            method: AttachMethod::Ioctl,
+            index: Some(0),
+            connections: 1,
+            reconnect: true,
+            config: DeviceConfig::new(1 << 20, FLAG_HAS_FLAGS),
+        };
+        let err = Attachment::start(&options, never_called()).unwrap_err();
+        assert!(
+            err.to_string().contains("reconnecting needs netlink"),
+            "{err}"
+        );
     }
 
     #[test]
