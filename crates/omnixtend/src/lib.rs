@@ -2,5 +2,6 @@
 
 pub mod endpoint;
 pub mod link;
+pub mod requester;
 pub mod transport;
 pub mod wire;
