@@ -62,8 +62,14 @@ impl Sim {
             now,
             req,
             node,
-            to_node: Net { q: VecDeque::new(), inj: FaultInjector::new(faults, seed) },
-            to_req: Net { q: VecDeque::new(), inj: FaultInjector::new(faults, seed.wrapping_mul(31).wrapping_add(7)) },
+            to_node: Net {
+                q: VecDeque::new(),
+                inj: FaultInjector::new(faults, seed),
+            },
+            to_req: Net {
+                q: VecDeque::new(),
+                inj: FaultInjector::new(faults, seed.wrapping_mul(31).wrapping_add(7)),
+            },
             latency: Duration::from_micros(20),
             done: Vec::new(),
             max_queue: 0,
@@ -83,7 +89,9 @@ impl Sim {
             net.send(at, f);
             progress = true;
         });
-        self.max_queue = self.max_queue.max(self.to_node.q.len() + self.to_req.q.len());
+        self.max_queue = self
+            .max_queue
+            .max(self.to_node.q.len() + self.to_req.q.len());
         while matches!(self.to_node.next_at(), Some(t) if t <= now) {
             let (_, f) = self.to_node.q.pop_front().unwrap();
             self.node.receive(now, &f);
@@ -102,21 +110,34 @@ impl Sim {
     fn run(&mut self, n: usize) -> Vec<Completion> {
         let start = self.now;
         while self.done.len() < n {
-            assert!(self.now - start < Duration::from_secs(120), "stalled: {:?}", self.req.stats());
+            assert!(
+                self.now - start < Duration::from_secs(120),
+                "stalled: {:?}",
+                self.req.stats()
+            );
             if self.step() {
                 continue;
             }
-            let next = [self.to_node.next_at(), self.to_req.next_at(), self.req.poll_at(), self.node.poll_at()]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = [
+                self.to_node.next_at(),
+                self.to_req.next_at(),
+                self.req.poll_at(),
+                self.node.poll_at(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             match next {
                 Some(t) if t > self.now => self.now = t,
                 Some(_) => self.now += Duration::from_micros(1),
                 None => {
                     let (q1, q2) = (&mut self.to_node.q, &mut self.to_req.q);
-                    self.to_node.inj.flush(self.now, &mut |t, v| q1.push_back((t, v)));
-                    self.to_req.inj.flush(self.now, &mut |t, v| q2.push_back((t, v)));
+                    self.to_node
+                        .inj
+                        .flush(self.now, &mut |t, v| q1.push_back((t, v)));
+                    self.to_req
+                        .inj
+                        .flush(self.now, &mut |t, v| q2.push_back((t, v)));
                     self.now += Duration::from_millis(1);
                 }
             }
@@ -127,7 +148,10 @@ impl Sim {
 
 fn rss_kib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
 }
 
 struct Report {
@@ -157,7 +181,11 @@ fn soak(seed: u64, bytes: u64, lane: LaneOrder, mtu: usize) -> Report {
         }
         let mut ranges = Vec::new();
         for r in &regions {
-            let off = if rng.random_bool(0.5) { rng.random_range(0..REGION) } else { rng.random_range(0..16) * 4096 };
+            let off = if rng.random_bool(0.5) {
+                rng.random_range(0..REGION)
+            } else {
+                rng.random_range(0..16) * 4096
+            };
             let len = rng.random_range(1..=REGION - off);
             let offset = r * REGION + off;
             let mut data = vec![0u8; usize::try_from(len).unwrap()];
@@ -177,7 +205,12 @@ fn soak(seed: u64, bytes: u64, lane: LaneOrder, mtu: usize) -> Report {
         ranges.push((whole, REGION));
         let mut expect = std::collections::HashMap::new();
         for &(offset, len) in &ranges {
-            sim.req.submit(token, OpKind::Read, offset, vec![0; usize::try_from(len).unwrap()]);
+            sim.req.submit(
+                token,
+                OpKind::Read,
+                offset,
+                vec![0; usize::try_from(len).unwrap()],
+            );
             expect.insert(token, (offset, len));
             token += 1;
             read += len;
@@ -198,9 +231,16 @@ fn soak(seed: u64, bytes: u64, lane: LaneOrder, mtu: usize) -> Report {
     }
     if let Some(mark) = rss_mark {
         let grown = rss_kib().saturating_sub(mark);
-        assert!(grown < 64 * 1024, "memory grew by {grown} KiB after warm-up");
+        assert!(
+            grown < 64 * 1024,
+            "memory grew by {grown} KiB after warm-up"
+        );
     }
-    assert!(sim.max_queue < 100_000, "wire queues grew to {}", sim.max_queue);
+    assert!(
+        sim.max_queue < 100_000,
+        "wire queues grew to {}",
+        sim.max_queue
+    );
     let s = sim.req.stats();
     assert_eq!(s.errors, 0);
     eprintln!(
@@ -210,11 +250,20 @@ fn soak(seed: u64, bytes: u64, lane: LaneOrder, mtu: usize) -> Report {
         sim.to_node.inj.stats(),
         sim.to_req.inj.stats()
     );
-    Report { written, read, virtual_time: sim.now - start, to_node: sim.to_node.inj.stats(), to_req: sim.to_req.inj.stats() }
+    Report {
+        written,
+        read,
+        virtual_time: sim.now - start,
+        to_node: sim.to_node.inj.stats(),
+        to_req: sim.to_req.inj.stats(),
+    }
 }
 
 fn soak_bytes(default: u64) -> u64 {
-    std::env::var("OXIO_SOAK_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("OXIO_SOAK_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[test]
@@ -222,7 +271,10 @@ fn soak_raw_lanes_at_mtu_1500() {
     let r = soak(1, soak_bytes(8 << 20), LaneOrder::Raw, 1500);
     assert!(r.written >= soak_bytes(8 << 20) && r.read >= r.written);
     let f = r.to_node;
-    assert!(f.lost > 0 && f.duplicated > 0 && f.reordered > 0, "faults were injected: {f:?}");
+    assert!(
+        f.lost > 0 && f.duplicated > 0 && f.reordered > 0,
+        "faults were injected: {f:?}"
+    );
     assert!(r.to_req.corrupted + f.corrupted > 0 || r.written < (64 << 20));
     assert!(r.virtual_time > Duration::ZERO);
 }
