@@ -22,6 +22,9 @@ pub mod queue;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mock;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
+
 pub use device::{DeviceError, VirtioDevice};
 pub use interrupt::{EventFdInterrupt, Interrupt};
 pub use memory::{GuestMemory, MemoryError};

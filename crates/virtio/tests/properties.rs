@@ -26,7 +26,11 @@ struct Expect {
 
 fn run(seed: u64, packed: bool) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let size = if packed { rng.random_range(1..=64) } else { 1u16 << rng.random_range(0..=6) };
+    let size = if packed {
+        rng.random_range(1..=64)
+    } else {
+        1u16 << rng.random_range(0..=6)
+    };
     let f = RingFeatures {
         packed,
         indirect: rng.random_bool(0.8),
@@ -53,7 +57,9 @@ fn run(seed: u64, packed: bool) {
         }
         // The driver offers a few chains with random contents.
         for _ in 0..rng.random_range(0..=usize::from(size)) {
-            let Some(spec) = common::random_chain(&mut rng, &mut d, !packed, f.indirect) else { break };
+            let Some(spec) = common::random_chain(&mut rng, &mut d, !packed, f.indirect) else {
+                break;
+            };
             let mut readable = Vec::new();
             for b in spec.bufs.iter().filter(|b| !b.write) {
                 let mut data = vec![0u8; b.len as usize];
@@ -61,8 +67,15 @@ fn run(seed: u64, packed: bool) {
                 d.write(b.addr, &data);
                 readable.extend(data);
             }
-            let writable = spec.bufs.iter().filter(|b| b.write).map(|b| (b.addr, b.len)).collect();
-            let Ok(id) = d.add_chain(&spec.bufs, spec.placement) else { break };
+            let writable = spec
+                .bufs
+                .iter()
+                .filter(|b| b.write)
+                .map(|b| (b.addr, b.len))
+                .collect();
+            let Ok(id) = d.add_chain(&spec.bufs, spec.placement) else {
+                break;
+            };
             expect.insert(id, Expect { readable, writable });
             avail_order.push(id);
         }
@@ -76,7 +89,12 @@ fn run(seed: u64, packed: bool) {
             let e = &expect[&c.id()];
             let mut got = Vec::new();
             c.reader().read_to_end(&mut got).unwrap();
-            assert_eq!(got, e.readable, "seed {seed}: readable bytes of chain {}", c.id());
+            assert_eq!(
+                got,
+                e.readable,
+                "seed {seed}: readable bytes of chain {}",
+                c.id()
+            );
             let total: u32 = e.writable.iter().map(|w| w.1).sum();
             assert_eq!(c.writable_len(), total);
             let n = rng.random_range(0..=total) as usize;
@@ -104,13 +122,18 @@ fn run(seed: u64, packed: bool) {
             assert!(!irq, "seed {seed}: interrupt although disabled");
         }
         for (id, len) in used {
-            let e = expect.remove(&id).unwrap_or_else(|| panic!("seed {seed}: unknown or repeated id {id}"));
+            let e = expect
+                .remove(&id)
+                .unwrap_or_else(|| panic!("seed {seed}: unknown or repeated id {id}"));
             let mut left = len as usize;
             for (addr, wlen) in e.writable {
                 let n = left.min(wlen as usize);
                 let mut buf = vec![0u8; n];
                 d.read(addr, &mut buf);
-                assert!(buf.iter().all(|&b| b == (id & 0xff) as u8), "seed {seed}: written bytes");
+                assert!(
+                    buf.iter().all(|&b| b == (id & 0xff) as u8),
+                    "seed {seed}: written bytes"
+                );
                 left -= n;
             }
             if f.in_order {
@@ -125,9 +148,16 @@ fn run(seed: u64, packed: bool) {
     }
     q.publish_used();
     for (id, _) in d.used() {
-        assert!(expect.remove(&id).is_some(), "seed {seed}: repeated id {id}");
+        assert!(
+            expect.remove(&id).is_some(),
+            "seed {seed}: repeated id {id}"
+        );
     }
-    assert!(expect.is_empty(), "seed {seed}: chains never came back: {:?}", expect.keys());
+    assert!(
+        expect.is_empty(),
+        "seed {seed}: chains never came back: {:?}",
+        expect.keys()
+    );
     assert_eq!(q.stats().invalid_chains, 0);
 }
 

@@ -178,7 +178,8 @@ enum Ring {
 struct InOrder {
     /// Ids in the order they were popped.
     popped: VecDeque<u16>,
-    /// Length of each completed id not yet written (`u64::MAX` = not completed).
+    /// For each id: 0 if not completed, else its used length + 1. Allocated zeroed, so
+    /// setting up an in-order queue costs nothing until ids are touched.
     done: Vec<u64>,
 }
 
@@ -327,7 +328,7 @@ impl Queue {
         self.mem = Some(mem.clone());
         self.in_order = InOrder::default();
         if self.features.in_order {
-            self.in_order.done = vec![u64::MAX; 1 << 16];
+            self.in_order.done = vec![0; 1 << 16];
         }
         for (id, len) in std::mem::take(&mut self.early_used) {
             self.write_used(id, len);
@@ -421,14 +422,17 @@ impl Queue {
 
     fn add_used_in_order(&mut self, id: u16, len: u32) {
         if let Some(slot) = self.in_order.done.get_mut(usize::from(id)) {
-            *slot = u64::from(len);
+            *slot = u64::from(len) + 1;
         }
         while let Some(&front) = self.in_order.popped.front() {
             let Some(slot) = self.in_order.done.get_mut(usize::from(front)) else {
                 break;
             };
-            let Ok(len) = u32::try_from(*slot) else { break };
-            *slot = u64::MAX;
+            // 0 means "not completed yet"; otherwise the length + 1.
+            let Some(len) = slot.checked_sub(1).and_then(|l| u32::try_from(l).ok()) else {
+                break;
+            };
+            *slot = 0;
             self.in_order.popped.pop_front();
             self.write_used(front, len);
         }

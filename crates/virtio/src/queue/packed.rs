@@ -44,7 +44,8 @@ pub(crate) struct PackedRing {
     avail_wrap: bool,
     next_used: u16,
     used_wrap: bool,
-    /// Ring slots each buffer id took when popped, to advance `next_used` when it is used.
+    /// Ring slots each buffer id took when popped, to advance `next_used` when it is used
+    /// (0 means 1: the table is allocated zeroed, which costs nothing until touched).
     slots_by_id: Vec<u16>,
     /// The first used descriptor of the current batch, whose flags are written at publish.
     batch_head: Option<(u16, u16)>,
@@ -83,7 +84,7 @@ impl PackedRing {
             avail_wrap,
             next_used,
             used_wrap,
-            slots_by_id: vec![1; 1 << 16],
+            slots_by_id: vec![0; 1 << 16],
             batch_head: None,
             signalled: Some(lin(next_used, used_wrap, size)),
             notifications_enabled: true,
