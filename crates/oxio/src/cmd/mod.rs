@@ -2,6 +2,9 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod increment;
+pub mod serve;
+
 /// Any error a subcommand reports, printed with its chain of causes.
 pub type CmdError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -16,11 +19,19 @@ pub struct Cli {
 
 /// The subcommands. New ones add a variant here and a file beside this one.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Serve block devices over NBD (TCP, Unix sockets, systemd socket activation).
+    Serve(serve::ServeArgs),
+    /// Write or verify the seed's incrementing 32-bit test pattern.
+    MakeIncrementFile(increment::IncrementArgs),
+}
 
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> Result<(), CmdError> {
-    match cli.command {}
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::MakeIncrementFile(args) => increment::run(args),
+    }
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
