@@ -15,4 +15,4 @@ mod node;
 
 pub use handler::HandlerStats;
 pub use memory::{Memory, MemoryError};
-pub use node::{serve, EndpointConfig, EndpointCore, EndpointStats};
+pub use node::{serve, serve_with, EndpointConfig, EndpointCore, EndpointStats};

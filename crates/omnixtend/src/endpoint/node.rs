@@ -264,7 +264,22 @@ pub fn serve(
     transport: &mut dyn Transport,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
+    serve_with(core, transport, stop, &mut |_| ())
+}
+
+/// [`serve`], calling `tick` with the node about every 100 ms (for stats and progress).
+pub fn serve_with(
+    core: &mut EndpointCore,
+    transport: &mut dyn Transport,
+    stop: &AtomicBool,
+    tick: &mut dyn FnMut(&EndpointCore),
+) -> std::io::Result<()> {
+    let mut next_tick = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if Instant::now() >= next_tick {
+            tick(core);
+            next_tick = Instant::now() + Duration::from_millis(100);
+        }
         let now = Instant::now();
         let mut send_err = None;
         core.poll_transmit(now, 64, &mut |f| {

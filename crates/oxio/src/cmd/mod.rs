@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 
 pub mod increment;
+pub mod memory_node;
+pub mod probe;
 pub mod serve;
 
 /// Any error a subcommand reports, printed with its chain of causes.
@@ -24,6 +26,11 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Write or verify the seed's incrementing 32-bit test pattern.
     MakeIncrementFile(increment::IncrementArgs),
+    // Help text (short and long) comes from the argument struct.
+    MemoryNode(memory_node::MemoryNodeArgs),
+    /// OmniXtend tools (probe a memory node).
+    #[command(subcommand)]
+    Omnixtend(probe::OmnixtendCommand),
 }
 
 /// Runs the chosen subcommand.
@@ -31,6 +38,8 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::MakeIncrementFile(args) => increment::run(args),
+        Command::MemoryNode(args) => memory_node::run(args),
+        Command::Omnixtend(cmd) => probe::run(cmd),
     }
 }
 

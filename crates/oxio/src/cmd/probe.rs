@@ -1,0 +1,283 @@
+//! `oxio omnixtend probe`: opens a connection to a memory node and measures latency
+//! percentiles and throughput of reads and writes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use oxio_omnixtend::requester::{IoError, Requester, RequesterConfig, RequesterStats};
+use oxio_omnixtend::transport::packet::PacketSocket;
+use oxio_omnixtend::transport::udp::UdpTransport;
+use oxio_omnixtend::transport::Transport;
+use oxio_omnixtend::wire::{LaneOrder, MacAddr};
+
+use super::memory_node::{parse_addr, parse_size, stop_flag};
+use super::CmdError;
+
+/// OmniXtend tools.
+#[derive(Debug, Subcommand)]
+pub enum OmnixtendCommand {
+    /// Connect to a memory node and report latency percentiles and throughput.
+    Probe(ProbeArgs),
+}
+
+/// Measure a memory node.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Opens an OmniXtend connection to the memory node at --mac and runs \
+timed phases: writes, then reads, of --block bytes each at random --block-aligned offsets in \
+the first --size bytes, keeping --depth requests in flight. Reports throughput and latency \
+percentiles per phase (and a JSON line with --json). --depth 1 measures the one-request-at-a-\
+time design of the original oxmem-nbd.\n\n\
+Writes overwrite the node's memory in the probed range.\n\n\
+Examples:\n  oxio omnixtend probe --netdev veth0 --mac 04:00:00:00:00:00 --size 64M\n  \
+oxio omnixtend probe --udp 127.0.0.1:7700 --mac 04:00:00:00:00:00 --size 64M --depth 1"
+)]
+pub struct ProbeArgs {
+    /// Network interface to use (raw Ethernet; root or CAP_NET_RAW).
+    #[arg(
+        long,
+        value_name = "IF",
+        required_unless_present = "udp",
+        conflicts_with = "udp"
+    )]
+    pub netdev: Option<String>,
+    /// Reach the node over UDP at this address instead.
+    #[arg(long, value_name = "ADDR")]
+    pub udp: Option<SocketAddr>,
+    /// Local UDP address to bind with --udp.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub udp_bind: SocketAddr,
+    /// The memory node's MAC address.
+    #[arg(long, value_name = "MAC")]
+    pub mac: MacAddr,
+    /// Our MAC address (default: the interface's; 02:00:00:00:00:01 with --udp).
+    #[arg(long, value_name = "MAC")]
+    pub local_mac: Option<MacAddr>,
+    /// Bytes of the node's memory to use.
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    pub size: u64,
+    /// Bus address of the node's first byte.
+    #[arg(long, default_value = "0", value_parser = parse_addr)]
+    pub base: u64,
+    /// Bytes per request.
+    #[arg(long, value_parser = parse_size, default_value = "4K")]
+    pub block: u64,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 32)]
+    pub depth: usize,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Phases to run.
+    #[arg(long, value_parser = ["write", "read", "both"], default_value = "both")]
+    pub mode: String,
+    /// MTU of the path (default: the interface's, 1500 with --udp).
+    #[arg(long)]
+    pub mtu: Option<usize>,
+    /// Data byte order: raw (C-compatible) or spec.
+    #[arg(long, default_value = "raw")]
+    pub lane_order: LaneOrder,
+    /// Behave like the C driver on the wire (for its memory nodes).
+    #[arg(long)]
+    pub c_compat: bool,
+    /// Print one JSON object per phase on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a subcommand of `oxio omnixtend`.
+pub fn run(cmd: OmnixtendCommand) -> Result<(), CmdError> {
+    match cmd {
+        OmnixtendCommand::Probe(args) => probe(args),
+    }
+}
+
+struct Phase {
+    name: &'static str,
+    ops: u64,
+    bytes: u64,
+    elapsed: Duration,
+    lat: Vec<Duration>,
+}
+
+impl Phase {
+    fn pct(&self, p: f64) -> f64 {
+        if self.lat.is_empty() {
+            return 0.0;
+        }
+        let last = self.lat.len() - 1;
+        // Rounding a percentile rank to an index; the value is within 0..=last.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let i = ((last as f64) * p).round() as usize;
+        self.lat[i.min(last)].as_secs_f64() * 1e6
+    }
+
+    #[allow(clippy::cast_precision_loss)] // reporting only
+    fn report(&self, args: &ProbeArgs) {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let mbps = self.bytes as f64 / secs / 1e6;
+        let iops = self.ops as f64 / secs;
+        let (p50, p90, p99, p999) = (
+            self.pct(0.5),
+            self.pct(0.9),
+            self.pct(0.99),
+            self.pct(0.999),
+        );
+        let max = self.pct(1.0);
+        if args.json {
+            println!(
+                "{{\"phase\":\"{}\",\"block\":{},\"depth\":{},\"ops\":{},\"bytes\":{},\"seconds\":{:.3},\"mb_per_s\":{:.1},\"iops\":{:.0},\"lat_us\":{{\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1}}}}}",
+                self.name, args.block, args.depth, self.ops, self.bytes, secs, mbps, iops, p50, p90, p99, p999, max
+            );
+        } else {
+            println!(
+                "{:<5} {:>9.1} MB/s {:>9.0} IOPS  latency µs p50 {p50:.1} p90 {p90:.1} p99 {p99:.1} p99.9 {p999:.1} max {max:.1}  ({} ops of {} B, depth {})",
+                self.name, mbps, iops, self.ops, args.block, args.depth
+            );
+        }
+    }
+}
+
+fn connect(args: &ProbeArgs) -> Result<Requester, CmdError> {
+    let (transport, local, mtu): (Box<dyn Transport>, MacAddr, usize) =
+        match (&args.netdev, args.udp) {
+            (Some(dev), _) => {
+                let sock = PacketSocket::open(dev)?;
+                let local = args.local_mac.unwrap_or(sock.mac());
+                let mtu = args.mtu.unwrap_or(sock.mtu());
+                (Box::new(sock), local, mtu)
+            }
+            (None, Some(addr)) => {
+                let local = args.local_mac.unwrap_or(MacAddr([2, 0, 0, 0, 0, 1]));
+                (
+                    Box::new(UdpTransport::bind(args.udp_bind, Some(addr))?),
+                    local,
+                    args.mtu.unwrap_or(1500),
+                )
+            }
+            (None, None) => return Err("give --netdev IF or --udp ADDR".into()),
+        };
+    let mut cfg = RequesterConfig::new(local, args.mac, args.size).with_mtu(mtu);
+    cfg.base = args.base;
+    cfg.lane_order = args.lane_order;
+    cfg.max_inflight = 1024;
+    if args.c_compat {
+        cfg = cfg.c_compatible();
+    }
+    tracing::info!(node = %args.mac, %local, mtu, transfer = 1u64 << cfg.max_size(), "connecting");
+    Requester::connect(cfg, transport, Duration::from_secs(3))
+        .map_err(|e| format!("cannot reach the memory node {}: {e}", args.mac).into())
+}
+
+/// A tiny deterministic generator for offsets (no need for a crate here).
+fn next_offset(state: &mut u64, slots: u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state % slots.max(1)
+}
+
+type Done = (Instant, Result<Vec<u8>, IoError>);
+
+fn run_phase(
+    req: &Requester,
+    args: &ProbeArgs,
+    write: bool,
+    stop: &AtomicBool,
+) -> Result<Phase, CmdError> {
+    let block = usize::try_from(args.block)?;
+    let slots = args.size / args.block.max(1);
+    if slots == 0 {
+        return Err("--block is larger than --size".into());
+    }
+    let (tx, rx) = mpsc::channel::<Done>();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let submit = |buf: Vec<u8>, seed: &mut u64| {
+        let off = next_offset(seed, slots) * args.block;
+        let tx = tx.clone();
+        let start = Instant::now();
+        let done = move |r| {
+            let _ = tx.send((start, r));
+        };
+        if write {
+            req.submit_write(off, buf, done);
+        } else {
+            req.submit_read(off, buf, done);
+        }
+    };
+    for i in 0..args.depth.max(1) {
+        let mut buf = vec![0u8; block];
+        buf.iter_mut()
+            .enumerate()
+            .for_each(|(j, b)| *b = u8::try_from((i + j) % 256).unwrap_or(0));
+        submit(buf, &mut seed);
+    }
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(args.seconds);
+    let mut phase = Phase {
+        name: if write { "write" } else { "read" },
+        ops: 0,
+        bytes: 0,
+        elapsed: Duration::ZERO,
+        lat: Vec::new(),
+    };
+    let mut outstanding = args.depth.max(1);
+    while outstanding > 0 {
+        let (t0, r) = rx
+            .recv_timeout(Duration::from_secs(15))
+            .map_err(|_| "the memory node stopped answering")?;
+        let now = Instant::now();
+        outstanding -= 1;
+        let buf = r?;
+        phase.lat.push(now - t0);
+        phase.ops += 1;
+        phase.bytes += args.block;
+        if now < end && !stop.load(Ordering::Relaxed) {
+            submit(buf, &mut seed);
+            outstanding += 1;
+        }
+    }
+    phase.elapsed = start.elapsed();
+    phase.lat.sort_unstable();
+    Ok(phase)
+}
+
+fn log_stats(s: &RequesterStats) {
+    tracing::info!(
+        transfers = s.transfers,
+        reissued = s.reissued,
+        reconnects = s.reconnects,
+        frames_out = s.link.frames_sent,
+        frames_in = s.link.frames_accepted,
+        replayed = s.link.frames_replayed,
+        naks_in = s.link.naks_received,
+        timeouts = s.link.timeouts,
+        "requester"
+    );
+}
+
+fn probe(args: ProbeArgs) -> Result<(), CmdError> {
+    let stop = stop_flag()?;
+    let req = Arc::new(connect(&args)?);
+    let phases: &[bool] = match args.mode.as_str() {
+        "write" => &[true],
+        "read" => &[false],
+        _ => &[true, false],
+    };
+    for &write in phases {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        run_phase(&req, &args, write, &stop)?.report(&args);
+    }
+    req.shutdown();
+    log_stats(&req.stats());
+    Ok(())
+}
