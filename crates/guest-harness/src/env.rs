@@ -2,7 +2,7 @@
 //! (kernel image, module tree) and the host tools the harness drives.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use crate::GuestError;
@@ -90,13 +90,20 @@ impl GuestEnv {
     }
 }
 
-/// The workspace root: two levels above this crate's manifest.
+/// The workspace root: the nearest folder holding a `[workspace]` manifest above the running
+/// test's package (`CARGO_MANIFEST_DIR` at run time, as cargo and nextest set it), else above
+/// this crate.
 pub fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    start
         .ancestors()
-        .nth(2)
-        .unwrap_or(manifest)
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|text| text.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .unwrap_or(&start)
         .to_path_buf()
 }
 

@@ -1,0 +1,403 @@
+//! `oxmem-nbd`: the seed's program, in Rust. Attaches OmniXtend remote memory (or, until the
+//! OmniXtend block backend lands, local memory with `--backend memory`) to `/dev/nbdN` through
+//! the kernel's NBD driver, optionally split into several devices, and serves it until SIGINT
+//! or SIGTERM, which disconnect cleanly after in-flight requests are answered.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use oxio_block::file::{FileBackend, FileOptions};
+use oxio_block::memory::MemoryBackend;
+use oxio_block::{parse_size, SharedBackend};
+use oxio_nbd::kernel::{
+    prepare_process, AttachMethod, AttachOptions, Attachment, DeviceConfig, KernelError, ServeFn,
+};
+use oxio_nbd::server::{
+    serve_transmission_blocking, Export, Shutdown, ShutdownTrigger, TransmissionMode,
+};
+
+/// Expose OmniXtend remote memory as Linux block devices (/dev/nbdN).
+///
+/// Example (the seed's invocation):
+///   oxmem-nbd --netdev=enp179s0f0np0 --mac=04:3f:72:dd:0b:05 --size=8G --base=0x0
+///
+/// Then `mkfs.ext4 /dev/nbd0 && mount /dev/nbd0 /mnt`. Stop with Ctrl+C or SIGTERM: the
+/// device is disconnected once in-flight requests are answered. Needs root (CAP_SYS_ADMIN)
+/// and the nbd module (`modprobe nbd`). Logging: RUST_LOG=debug.
+#[derive(Debug, Parser)]
+#[command(name = "oxmem-nbd", version, verbatim_doc_comment)]
+struct Args {
+    /// Network interface that reaches the OmniXtend memory device (raw Ethernet).
+    #[arg(long)]
+    netdev: Option<String>,
+    /// MAC address of the OmniXtend memory device, e.g. 04:3f:72:dd:0b:05.
+    #[arg(long)]
+    mac: Option<String>,
+    /// Bytes of memory to expose, in total over all devices: 4096, 512M, 8G.
+    #[arg(long, value_parser = parse_size_arg)]
+    size: u64,
+    /// Address of the first byte on the memory device (0x-prefixed hex or decimal).
+    #[arg(long, default_value = "0x0", value_parser = parse_addr)]
+    base: u64,
+    /// First NBD device; with --num N the devices are consecutive from it.
+    #[arg(long, default_value = "/dev/nbd0")]
+    device: PathBuf,
+    /// Split the memory into N equal devices.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    num: u32,
+    /// Where the blocks live: `omnixtend` is the seed's remote memory (needs --netdev and
+    /// --mac); `memory` is local RAM, a stand-in until the OmniXtend block backend lands;
+    /// `file:PATH` is a file or block device at least --size bytes long (with --num 1).
+    #[arg(long, default_value = "omnixtend", value_parser = parse_backend)]
+    backend: Backend,
+    /// How to attach: `ioctl` (the seed's NBD_DO_IT path) or `netlink` (nbd-client's default;
+    /// supports --dead-conn-timeout).
+    #[arg(long, value_enum, default_value_t = Method::Ioctl)]
+    attach: Method,
+    /// Connections (sockets, each served by a thread) per device.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    connections: u32,
+    /// Logical block size in bytes (512, 1024, 2048 or 4096).
+    #[arg(long, default_value_t = 4096)]
+    block_size: u32,
+    /// Kernel per-request timeout in seconds (0: none).
+    #[arg(long, default_value_t = 0)]
+    timeout: u64,
+    /// Netlink only: seconds I/O waits for a reconnection once every connection is dead.
+    #[arg(long, default_value_t = 0)]
+    dead_conn_timeout: u64,
+    /// Netlink only: take over devices still attached from a previous oxmem-nbd that died
+    /// (RECONFIGURE with fresh connections), instead of attaching new ones. Works while the
+    /// devices' --dead-conn-timeout has not expired, and needs the same --backend and --base.
+    #[arg(long, requires = "dead_conn_timeout")]
+    reconnect: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Backend {
+    Omnixtend,
+    Memory,
+    File(PathBuf),
+}
+
+fn parse_backend(text: &str) -> Result<Backend, String> {
+    match text {
+        "omnixtend" => Ok(Backend::Omnixtend),
+        "memory" => Ok(Backend::Memory),
+        _ => match text.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(Backend::File(PathBuf::from(path))),
+            _ => Err(format!("`{text}` is not omnixtend, memory or file:PATH")),
+        },
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Method {
+    Ioctl,
+    Netlink,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|e| e.to_string())
+}
+
+fn parse_addr(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("`{text}` is not an address (0x-prefixed hex or decimal)"))
+}
+
+/// `/dev/nbd3` -> 3.
+fn first_index(device: &std::path::Path) -> Result<u32, String> {
+    device
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("nbd"))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("--device {} is not /dev/nbdN", device.display()))
+}
+
+/// One device's share of the memory.
+#[derive(Debug)]
+struct Slice {
+    index: u32,
+    base: u64,
+    size: u64,
+}
+
+fn slices(args: &Args) -> Result<Vec<Slice>, String> {
+    let first = first_index(&args.device)?;
+    let each = args.size / u64::from(args.num);
+    let block = u64::from(args.block_size.max(1));
+    if each == 0 || each % block != 0 {
+        return Err(format!(
+            "--size {} split into --num {} devices gives {each} bytes each, which is not a \
+             positive multiple of the block size {block}",
+            args.size, args.num
+        ));
+    }
+    (0..args.num)
+        .map(|i| {
+            let index = first.checked_add(i).ok_or("device index overflows")?;
+            let base = args
+                .base
+                .checked_add(each * u64::from(i))
+                .ok_or("--base + --size overflows the address space")?;
+            Ok(Slice {
+                index,
+                base,
+                size: each,
+            })
+        })
+        .collect()
+}
+
+fn open_backend(args: &Args, slice: &Slice) -> Result<SharedBackend, BoxError> {
+    match &args.backend {
+        Backend::Memory => Ok(Arc::new(MemoryBackend::new(slice.size)?)),
+        Backend::File(path) => {
+            if args.num != 1 {
+                return Err("--backend file:PATH serves one device; use --num 1".into());
+            }
+            let backend: SharedBackend = Arc::new(FileBackend::open(path, FileOptions::default())?);
+            let have = backend.capabilities().size;
+            if have < slice.size {
+                return Err(format!(
+                    "{} holds {have} bytes, less than --size {}",
+                    path.display(),
+                    slice.size
+                )
+                .into());
+            }
+            Ok(backend)
+        }
+        Backend::Omnixtend => {
+            let (Some(netdev), Some(mac)) = (&args.netdev, &args.mac) else {
+                return Err("--backend omnixtend needs --netdev and --mac".into());
+            };
+            Err(format!(
+                "the OmniXtend block backend is not available in this build yet (wanted {netdev} \
+                 -> {mac}, base {:#x}, {} bytes); use --backend memory for a local stand-in",
+                slice.base, slice.size
+            )
+            .into())
+        }
+    }
+}
+
+fn backend_name(backend: &Backend) -> String {
+    match backend {
+        Backend::Omnixtend => "omnixtend".into(),
+        Backend::Memory => "memory".into(),
+        Backend::File(path) => format!("file:{}", path.display()),
+    }
+}
+
+/// Attaches one device and starts serving it.
+fn attach(
+    args: &Args,
+    slice: &Slice,
+    shutdown: &ShutdownTrigger,
+) -> Result<(Attachment, Arc<Export>), BoxError> {
+    let backend = open_backend(args, slice)?;
+    let export = Arc::new(Export::new(format!("nbd{}", slice.index), backend));
+    let mode = TransmissionMode::simple();
+    let mut config = DeviceConfig::new(slice.size, export.transmission_flags(&mode));
+    config.block_size = args.block_size;
+    config.timeout = Duration::from_secs(args.timeout);
+    config.dead_conn_timeout = Duration::from_secs(args.dead_conn_timeout);
+    // Stable across restarts: --reconnect must present the same identifier.
+    config.backend_identifier = Some(format!(
+        "oxmem-nbd:{}@{:#x}",
+        backend_name(&args.backend),
+        slice.base
+    ));
+    let options = AttachOptions {
+        method: match args.attach {
+            Method::Ioctl => AttachMethod::Ioctl,
+            Method::Netlink => AttachMethod::Netlink,
+        },
+        index: Some(slice.index),
+        connections: usize::try_from(args.connections)?,
+        reconnect: args.reconnect,
+        config,
+    };
+    let served = Arc::clone(&export);
+    let signal: Shutdown = shutdown.subscribe();
+    let serve: ServeFn = Arc::new(move |connection, stream| {
+        let result = serve_transmission_blocking(stream, Arc::clone(&served), mode, signal.clone());
+        match result {
+            Ok(stats) => {
+                tracing::debug!(connection, ?stats, "connection ended");
+                Ok(())
+            }
+            Err(err) => Err(err.to_string()),
+        }
+    });
+    let attachment = Attachment::start(&options, serve)?;
+    Ok((attachment, export))
+}
+
+fn run(args: &Args) -> Result<(), BoxError> {
+    let prep = prepare_process();
+    if let Err(err) = &prep.mlockall {
+        tracing::warn!("mlockall failed ({err}): pages may be swapped out under memory pressure");
+    }
+    if let Err(err) = &prep.io_flusher {
+        tracing::warn!("PR_SET_IO_FLUSHER failed ({err}): reclaim could deadlock on our device");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    let (trigger, _) = Shutdown::new();
+    let mut devices = Vec::new();
+    for slice in slices(args)? {
+        match attach(args, &slice, &trigger) {
+            Ok((attachment, export)) => {
+                println!(
+                    "oxmem-nbd: {} {} ({} bytes, {} backend, base {:#x}, {:?})",
+                    attachment.path().display(),
+                    if args.reconnect {
+                        "reconnected"
+                    } else {
+                        "attached"
+                    },
+                    slice.size,
+                    backend_name(&args.backend),
+                    slice.base,
+                    args.attach
+                );
+                devices.push((attachment, export));
+            }
+            Err(err) => {
+                shutdown_all(&devices, &trigger);
+                let _ = wait_all(devices); // The attach error is the one to report.
+                return Err(err);
+            }
+        }
+    }
+    while !stop.load(Ordering::Relaxed) && !devices.iter().all(|(a, _)| a.is_finished()) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if stop.load(Ordering::Relaxed) {
+        println!("oxmem-nbd: signal received, disconnecting");
+        shutdown_all(&devices, &trigger);
+    }
+    wait_all(devices)
+}
+
+/// Asks the kernel to disconnect each device; if a device does not let go within 10 s, the
+/// servers are told to drain and close on their own.
+fn shutdown_all(devices: &[(Attachment, Arc<Export>)], trigger: &ShutdownTrigger) {
+    for (attachment, _) in devices {
+        if let Err(err) = attachment.disconnect() {
+            tracing::warn!("disconnecting {}: {err}", attachment.path().display());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && !devices.iter().all(|(a, _)| a.is_finished()) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    trigger.fire();
+}
+
+fn wait_all(devices: Vec<(Attachment, Arc<Export>)>) -> Result<(), BoxError> {
+    let mut first: Option<KernelError> = None;
+    for (attachment, export) in devices {
+        let path = attachment.path().display().to_string();
+        if let Err(err) = attachment.wait() {
+            tracing::error!("{path}: {err}");
+            first.get_or_insert(err);
+        }
+        println!("oxmem-nbd: {path} detached; {}", export.stats().snapshot());
+    }
+    first.map_or(Ok(()), |e| Err(e.into()))
+}
+
+fn main() -> std::process::ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("oxmem-nbd: {err}");
+            let mut source = err.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["oxmem-nbd", "--size=8M"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn accepts_the_seed_options() {
+        let a = args(&[
+            "--netdev=eth0",
+            "--mac=04:3f:72:dd:0b:05",
+            "--base=0x1000",
+            "--device=/dev/nbd2",
+        ]);
+        assert_eq!(a.size, 8 << 20);
+        assert_eq!(a.base, 0x1000);
+        assert_eq!(a.backend, Backend::Omnixtend);
+        assert_eq!(first_index(&a.device).unwrap(), 2);
+    }
+
+    #[test]
+    fn splits_memory_into_consecutive_devices() {
+        let a = args(&["--num=4", "--base=0x100000", "--device=/dev/nbd1"]);
+        let s = slices(&a).unwrap();
+        assert_eq!(s.len(), 4);
+        assert_eq!((s[0].index, s[0].base, s[0].size), (1, 0x100000, 2 << 20));
+        assert_eq!((s[3].index, s[3].base), (4, 0x100000 + 3 * (2 << 20)));
+        let uneven = args(&["--num=3"]);
+        assert!(slices(&uneven)
+            .unwrap_err()
+            .contains("multiple of the block size"));
+    }
+
+    #[test]
+    fn omnixtend_backend_says_what_is_missing() {
+        assert_eq!(
+            parse_backend("file:/x").unwrap(),
+            Backend::File("/x".into())
+        );
+        assert!(parse_backend("tape").is_err());
+        let a = args(&[]);
+        let slice = Slice {
+            index: 0,
+            base: 0,
+            size: 8 << 20,
+        };
+        let err = open_backend(&a, &slice).err().unwrap().to_string();
+        assert!(err.contains("--netdev and --mac"), "{err}");
+        let a = args(&["--netdev=eth0", "--mac=04:3f:72:dd:0b:05"]);
+        let err = open_backend(&a, &slice).err().unwrap().to_string();
+        assert!(err.contains("--backend memory"), "{err}");
+    }
+}
