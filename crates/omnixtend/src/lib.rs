@@ -1,6 +1,8 @@
 //! OmniXtend: TileLink over Ethernet, a pipelined requester and a software memory node.
 
 pub mod endpoint;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod link;
 pub mod requester;
 pub mod transport;
