@@ -13,7 +13,7 @@ use oxio_guest_harness::Guest;
 /// sends SIGTERM and checks a clean exit.
 fn start(args: &str, devices: &[&str]) -> String {
     let mut s = format!(
-        "oxmem-nbd --backend memory {args} >/tmp/oxmem.log 2>&1 &
+        "oxmem-nbd {args} >/tmp/oxmem.log 2>&1 &
          OXMEM=$!
          stop_oxmem() {{
              trap - EXIT
@@ -75,8 +75,10 @@ fn guest(name: &str) -> Guest {
 
 #[test]
 fn oxmem_nbd_ioctl_attach_carries_ext4() {
-    let script = start("--attach ioctl --size 128M --device /dev/nbd0", &["nbd0"])
-        + &ext4_round_trip("nbd0")
+    let script = start(
+        "--backend memory --attach ioctl --size 128M --device /dev/nbd0",
+        &["nbd0"],
+    ) + &ext4_round_trip("nbd0")
         + "stop_oxmem\n";
     let outcome = guest("nbd-oxmem-ioctl").script(&script).run().unwrap();
     outcome.expect_pass().unwrap();
@@ -86,7 +88,7 @@ fn oxmem_nbd_ioctl_attach_carries_ext4() {
 #[test]
 fn oxmem_nbd_netlink_attach_two_devices_two_connections() {
     let script = start(
-        "--attach netlink --size 256M --num 2 --connections 2 --device /dev/nbd1 --dead-conn-timeout 5",
+        "--backend memory --attach netlink --size 256M --num 2 --connections 2 --device /dev/nbd1 --dead-conn-timeout 5",
         &["nbd1", "nbd2"],
     ) + "[ \"$(cat /sys/block/nbd1/size)\" = 262144 ] && [ \"$(cat /sys/block/nbd2/size)\" = 262144 ]
          cat /sys/block/nbd1/backend | grep -q oxmem-nbd
@@ -124,6 +126,7 @@ fn oxmem_nbd_restarted_after_kill_takes_over_its_netlink_device() {
            umount /mnt
            e2fsck -fn /dev/nbd0
            stop_oxmem
+           grep -Eq 'writes [1-9]' /tmp/oxmem.log  # the restarted process served the writes
 ";
     let outcome = guest("nbd-oxmem-restart").script(&script).run().unwrap();
     outcome.expect_pass().unwrap();
