@@ -32,7 +32,7 @@ pub mod pattern;
 mod run;
 mod static_bin;
 
-pub use env::{workspace_root, GuestEnv};
+pub use env::{find_program, workspace_root, GuestEnv};
 pub use guest::Guest;
 pub use initramfs::{Initramfs, ModuleLoad};
 pub use run::{GuestOutcome, GuestResult, RunningGuest};
