@@ -4,6 +4,9 @@
 //! and fills an ext4 filesystem. The host then checks the image itself: `e2fsck -fn` and the
 //! bytes of a file the guest wrote, read back with `debugfs`.
 
+// Helpers of a test may unwrap too: a panic there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

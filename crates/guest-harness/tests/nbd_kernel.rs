@@ -5,6 +5,9 @@
 //! The memory backend stands in for OmniXtend until the OmniXtend block backend lands (then
 //! the same test runs with `--backend omnixtend` over a tap to a memory node on the host).
 
+// Helpers of a test may unwrap too: a panic there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use oxio_guest_harness::Guest;

@@ -2,6 +2,9 @@
 //! disk the host prepared, writes to it, and reports through isa-debug-exit; a failing script
 //! is reported as a failure, not a pass.
 
+// Helpers of a test may unwrap too: a panic there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use oxio_guest_harness::{pattern, Guest, GuestResult};
