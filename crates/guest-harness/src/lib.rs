@@ -31,12 +31,14 @@ mod initramfs;
 pub mod pattern;
 mod run;
 mod static_bin;
+mod tap;
 
 pub use env::{find_program, workspace_root, GuestEnv};
 pub use guest::Guest;
 pub use initramfs::{Initramfs, ModuleLoad};
 pub use run::{GuestOutcome, GuestResult, RunningGuest};
 pub use static_bin::static_binary;
+pub use tap::HostTap;
 
 /// Everything that can go wrong while preparing, booting or judging a guest.
 #[derive(Debug, thiserror::Error)]
