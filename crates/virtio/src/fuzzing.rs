@@ -357,7 +357,7 @@ impl World {
         for _ in 0..n {
             match self.q.pop(&self.mem) {
                 Ok(Some(c)) => {
-                    check_chain(&c);
+                    check_chain(&self.mem, &c);
                     if hold && self.held.len() < 4096 {
                         self.held.push(c.into_owned(&self.mem));
                     } else {
@@ -385,19 +385,21 @@ impl World {
     }
 }
 
-/// Every segment of a chain must lie in guest memory and the totals must add up.
-fn check_chain(c: &DescriptorChain<'_>) {
-    let mut r = 0u64;
+/// Every segment of a chain must lie in guest memory, contiguous in one mapping, and the
+/// totals must add up.
+fn check_chain(mem: &GuestMemory, c: &DescriptorChain<'_>) {
     for s in c.readable().iter().chain(c.writable()) {
-        assert!(s
-            .addr()
-            .checked_add(u64::from(s.len()))
-            .is_some_and(|end| end <= MEM));
+        let first = mem.guest_address(s.as_ptr());
+        let last_ptr = s.as_ptr().wrapping_add(s.len() as usize - 1);
+        let last = mem.guest_address(last_ptr);
+        assert!(first.is_some() && last == first.map(|f| f + u64::from(s.len()) - 1));
     }
-    for s in c.readable() {
-        r += u64::from(s.len());
-    }
-    assert_eq!(r, u64::from(c.readable_len()));
+    let r: u64 = c.readable().iter().map(|s| u64::from(s.len())).sum();
+    let w: u64 = c.writable().iter().map(|s| u64::from(s.len())).sum();
+    assert_eq!(
+        (r, w),
+        (u64::from(c.readable_len()), u64::from(c.writable_len()))
+    );
 }
 
 /// Reads everything and writes half the space, as a device would.

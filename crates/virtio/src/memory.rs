@@ -150,6 +150,17 @@ impl GuestMemory {
         Some(())
     }
 
+    /// Maps a host pointer into guest memory back to its guest address (for diagnostics and
+    /// tests; the hot path never needs it).
+    pub fn guest_address(&self, ptr: *const u8) -> Option<u64> {
+        let p = ptr as usize;
+        self.inner.regions.iter().find_map(|r| {
+            let base = r.host as usize;
+            let len = usize::try_from(r.end - r.start).ok()?;
+            (p >= base && p < base + len).then(|| r.start + (p - base) as u64)
+        })
+    }
+
     fn find(&self, addr: u64) -> Option<usize> {
         let regions = &self.inner.regions;
         let idx = regions.partition_point(|r| r.end <= addr);

@@ -100,8 +100,12 @@ fn run(seed: u64) {
             let segs: Vec<(u64, u32, bool)> = c
                 .readable()
                 .iter()
-                .map(|s| (s.addr(), s.len(), false))
-                .chain(c.writable().iter().map(|s| (s.addr(), s.len(), true)))
+                .map(|s| (mem_a.guest_address(s.as_ptr()).unwrap(), s.len(), false))
+                .chain(
+                    c.writable()
+                        .iter()
+                        .map(|s| (mem_a.guest_address(s.as_ptr()).unwrap(), s.len(), true)),
+                )
                 .collect();
             chains_a.push((c.id(), segs, c.writable_len()));
         }

@@ -10,11 +10,10 @@
 //! - the readable and writable totals each fit in a `u32` (a used length is a `u32`).
 //!
 //! The resulting chain holds host pointers into guest memory borrowed for `'m`, so a chain
-//! cannot outlive the mapping it points into.
+//! cannot outlive the mapping it points into. Up to [`INLINE_SEGMENTS`] segments live inside
+//! the chain itself, so popping a typical chain allocates nothing.
 
 use std::marker::PhantomData;
-
-use smallvec::SmallVec;
 
 use crate::memory::GuestMemory;
 
@@ -73,21 +72,24 @@ pub enum ChainError {
     TooManyBytes,
 }
 
-/// One contiguous piece of a buffer, in guest memory.
+/// Segments a chain holds without allocating.
+pub const INLINE_SEGMENTS: usize = 4;
+
+/// One contiguous piece of a buffer, in guest memory (16 bytes).
 #[derive(Debug, Clone, Copy)]
 pub struct Segment {
-    addr: u64,
     ptr: *mut u8,
     len: u32,
 }
 
 impl Segment {
-    /// Guest physical address.
-    pub fn addr(&self) -> u64 {
-        self.addr
-    }
+    const EMPTY: Segment = Segment {
+        ptr: std::ptr::null_mut(),
+        len: 0,
+    };
 
     /// Host address of the first byte. Valid while the chain's guest memory is borrowed.
+    /// [`GuestMemory::guest_address`] maps it back to a guest address.
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr
     }
@@ -111,19 +113,20 @@ impl Segment {
     }
 }
 
-pub(crate) type Segments = SmallVec<[Segment; 4]>;
-
 /// A popped, validated descriptor chain.
 ///
 /// Device-readable segments come first, then device-writable ones. Complete the chain with
 /// [`Queue::add_used`](crate::Queue::add_used) and its [`id`](Self::id).
 #[derive(Debug)]
 pub struct DescriptorChain<'m> {
-    id: u16,
-    segs: Segments,
-    first_writable: usize,
+    inline: [Segment; INLINE_SEGMENTS],
+    /// All segments, once there are more than fit inline (empty and unallocated otherwise).
+    spill: Vec<Segment>,
+    n: u32,
+    first_writable: u32,
     readable: u32,
     writable: u32,
+    id: u16,
     _mem: PhantomData<&'m GuestMemory>,
 }
 
@@ -131,30 +134,73 @@ pub struct DescriptorChain<'m> {
 // chain only ever copies bytes through them, so moving it to another thread is sound.
 unsafe impl Send for DescriptorChain<'_> {}
 
+impl Default for DescriptorChain<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<'m> DescriptorChain<'m> {
+    /// An empty chain, to be filled by [`Queue::pop_into`](crate::Queue::pop_into) (which
+    /// reuses its storage, so a device can pop without initialising or moving chains).
+    #[inline(always)]
+    pub fn new() -> Self {
+        Self {
+            inline: [Segment::EMPTY; INLINE_SEGMENTS],
+            spill: Vec::new(),
+            n: 0,
+            first_writable: u32::MAX,
+            readable: 0,
+            writable: 0,
+            id: 0,
+            _mem: PhantomData,
+        }
+    }
+
+    #[inline(always)]
+    fn segments(&self) -> &[Segment] {
+        let n = self.n as usize;
+        if n <= INLINE_SEGMENTS {
+            &self.inline[..n]
+        } else {
+            &self.spill
+        }
+    }
+
+    #[inline(always)]
+    fn split(&self) -> usize {
+        (self.first_writable.min(self.n)) as usize
+    }
+
     /// The id to complete the chain with: the head index (split) or buffer id (packed).
+    #[inline]
     pub fn id(&self) -> u16 {
         self.id
     }
 
     /// Total device-readable bytes.
+    #[inline]
     pub fn readable_len(&self) -> u32 {
         self.readable
     }
 
     /// Total device-writable bytes.
+    #[inline]
     pub fn writable_len(&self) -> u32 {
         self.writable
     }
 
     /// The device-readable segments, in order.
+    #[inline]
     pub fn readable(&self) -> &[Segment] {
-        self.segs.get(..self.first_writable).unwrap_or(&[])
+        let segs = self.segments();
+        segs.get(..self.split()).unwrap_or(segs)
     }
 
     /// The device-writable segments, in order.
+    #[inline]
     pub fn writable(&self) -> &[Segment] {
-        self.segs.get(self.first_writable..).unwrap_or(&[])
+        self.segments().get(self.split()..).unwrap_or(&[])
     }
 
     /// A byte stream over the readable part.
@@ -171,15 +217,17 @@ impl<'m> DescriptorChain<'m> {
     /// (for example while a backend works on it) without borrowing anything.
     pub fn into_owned(self, mem: &'m GuestMemory) -> OwnedDescriptorChain {
         OwnedDescriptorChain {
-            _mem: mem.clone(),
             chain: DescriptorChain {
-                id: self.id,
-                segs: self.segs,
+                inline: self.inline,
+                spill: self.spill,
+                n: self.n,
                 first_writable: self.first_writable,
                 readable: self.readable,
                 writable: self.writable,
+                id: self.id,
                 _mem: PhantomData,
             },
+            _mem: mem.clone(),
         }
     }
 }
@@ -201,81 +249,109 @@ impl OwnedDescriptorChain {
     }
 }
 
-/// Builds a chain from descriptors one at a time, applying the common rules.
-pub(crate) struct ChainBuilder<'m, 'h> {
+/// Builds a chain from descriptors one at a time, applying the common rules, directly into
+/// the caller's [`DescriptorChain`].
+pub(crate) struct ChainBuilder<'c, 'm> {
+    chain: &'c mut DescriptorChain<'m>,
     mem: &'m GuestMemory,
-    hint: &'h mut usize,
-    max_segments: usize,
-    segs: Segments,
-    first_writable: Option<usize>,
+    /// Index of the memory region the last buffer was in (most chains stay in one).
+    pub(crate) hint: usize,
+    max_segments: u32,
     readable: u64,
     writable: u64,
 }
 
-impl<'m, 'h> ChainBuilder<'m, 'h> {
-    pub(crate) fn new(mem: &'m GuestMemory, hint: &'h mut usize, max_segments: usize) -> Self {
+impl<'c, 'm> ChainBuilder<'c, 'm> {
+    #[inline(always)]
+    pub(crate) fn new(
+        chain: &'c mut DescriptorChain<'m>,
+        mem: &'m GuestMemory,
+        hint: usize,
+        max_segments: usize,
+    ) -> Self {
+        chain.n = 0;
+        chain.first_writable = u32::MAX;
+        if !chain.spill.is_empty() {
+            chain.spill.clear();
+        }
         Self {
+            chain,
             mem,
             hint,
-            max_segments,
-            segs: Segments::new(),
-            first_writable: None,
+            max_segments: u32::try_from(max_segments).unwrap_or(u32::MAX),
             readable: 0,
             writable: 0,
         }
     }
 
     /// Adds one buffer descriptor (not an indirect one).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push(&mut self, addr: u64, len: u32, write: bool) -> Result<(), ChainError> {
+        // The sums cannot overflow a u64 (at most 2^17 descriptors of at most 2^32 bytes);
+        // `finish` checks that each fits in a u32.
         if write {
-            if self.first_writable.is_none() {
-                self.first_writable = Some(self.segs.len());
+            if self.chain.first_writable == u32::MAX {
+                self.chain.first_writable = self.chain.n;
             }
             self.writable += u64::from(len);
-            if self.writable > u64::from(u32::MAX) {
-                return Err(ChainError::TooManyBytes);
-            }
         } else {
-            if self.first_writable.is_some() {
+            if self.chain.first_writable != u32::MAX {
                 return Err(ChainError::ReadableAfterWritable);
             }
             self.readable += u64::from(len);
-            if self.readable > u64::from(u32::MAX) {
-                return Err(ChainError::TooManyBytes);
-            }
         }
         if len == 0 {
             return Ok(());
         }
-        if self.segs.len() >= self.max_segments {
-            return Err(ChainError::TooManySegments(self.max_segments));
+        // Fast path: the whole buffer in one region, and room inline.
+        match self.mem.translate(addr, u64::from(len), &mut self.hint) {
+            Some(ptr) => self.add(Segment { ptr, len }),
+            None => self.push_pieces(addr, len),
         }
-        // Fast path: the whole buffer in one region.
-        if let Some(ptr) = self.mem.translate(addr, u64::from(len), self.hint) {
-            self.segs.push(Segment { addr, ptr, len });
+    }
+
+    #[inline(always)]
+    fn add(&mut self, seg: Segment) -> Result<(), ChainError> {
+        let n = self.chain.n as usize;
+        if let Some(slot) = self.chain.inline.get_mut(n) {
+            *slot = seg;
+            self.chain.n += 1;
             return Ok(());
         }
-        self.push_pieces(addr, len)
+        self.add_spilled(seg)
+    }
+
+    #[cold]
+    fn add_spilled(&mut self, seg: Segment) -> Result<(), ChainError> {
+        if self.chain.n >= self.max_segments {
+            return Err(ChainError::TooManySegments(self.max_segments as usize));
+        }
+        if self.chain.spill.is_empty() {
+            let inline = self.chain.inline;
+            self.chain.spill.extend_from_slice(&inline);
+        }
+        self.chain.spill.push(seg);
+        self.chain.n += 1;
+        Ok(())
     }
 
     #[cold]
     fn push_pieces(&mut self, addr: u64, len: u32) -> Result<(), ChainError> {
-        let mut pieces: SmallVec<[(u64, *mut u8, u32); 4]> = SmallVec::new();
-        let mut at = addr;
+        let mut pieces: Vec<Segment> = Vec::new();
         self.mem
-            .for_each_piece(addr, u64::from(len), self.hint, |ptr, l| {
+            .for_each_piece(addr, u64::from(len), &mut self.hint, |ptr, l| {
                 // Pieces of a `u32`-long buffer are `u32`-long.
-                let l = u32::try_from(l).unwrap_or(u32::MAX);
-                pieces.push((at, ptr, l));
-                at = at.wrapping_add(u64::from(l));
+                pieces.push(Segment {
+                    ptr,
+                    len: u32::try_from(l).unwrap_or(u32::MAX),
+                });
             })
             .ok_or(ChainError::OutOfMemory { addr, len })?;
-        for (addr, ptr, len) in pieces {
-            if self.segs.len() >= self.max_segments {
-                return Err(ChainError::TooManySegments(self.max_segments));
+        for seg in pieces {
+            if self.chain.n >= self.max_segments {
+                return Err(ChainError::TooManySegments(self.max_segments as usize));
             }
-            self.segs.push(Segment { addr, ptr, len });
+            self.add(seg)?;
         }
         Ok(())
     }
@@ -289,24 +365,19 @@ impl<'m, 'h> ChainBuilder<'m, 'h> {
         if len == 0 || len % 16 != 0 || len / 16 > MAX_INDIRECT_DESCRIPTORS {
             return Err(ChainError::IndirectTableLength(len));
         }
-        // The table is read with 8-byte loads; the spec requires 16-byte alignment for split
-        // descriptor tables but not for indirect ones, so an unaligned table takes the
-        // (checked) error path rather than a misaligned load.
+        // The table is read with 8-byte loads; Linux allocates tables with kmalloc, so an
+        // unaligned one is refused (as an invalid chain) rather than read misaligned.
         let area = super::raw::Area::new(self.mem, addr, len as usize, 8)
             .map_err(|_| ChainError::OutOfMemory { addr, len })?;
         Ok((area, len / 16))
     }
 
-    pub(crate) fn finish(self, id: u16) -> DescriptorChain<'m> {
-        let first_writable = self.first_writable.unwrap_or(self.segs.len());
-        DescriptorChain {
-            id,
-            first_writable,
-            segs: self.segs,
-            // Both totals were checked against `u32::MAX` as they grew.
-            readable: u32::try_from(self.readable).unwrap_or(u32::MAX),
-            writable: u32::try_from(self.writable).unwrap_or(u32::MAX),
-            _mem: PhantomData,
-        }
+    /// Completes the chain with its id and totals (each must fit a used length, a u32).
+    #[inline(always)]
+    pub(crate) fn finish(self, id: u16) -> Result<(), ChainError> {
+        self.chain.id = id;
+        self.chain.readable = u32::try_from(self.readable).map_err(|_| ChainError::TooManyBytes)?;
+        self.chain.writable = u32::try_from(self.writable).map_err(|_| ChainError::TooManyBytes)?;
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{fence, Ordering};
 
 use super::chain::{ChainBuilder, ChainError, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 use super::raw::{Area, AreaError, RawDescriptor};
-use super::{Popped, QueueError, RingAddresses, RingFeatures};
+use super::{QueueError, RingAddresses, RingFeatures, Walked};
 use crate::memory::GuestMemory;
 
 /// Descriptor flag: available (compared with the driver's wrap counter).
@@ -115,12 +115,10 @@ impl PackedRing {
     }
 
     #[inline]
-    pub(crate) fn pop<'m>(
+    pub(crate) fn pop(
         &mut self,
-        mem: &'m GuestMemory,
-        hint: &mut usize,
-        max_segments: usize,
-    ) -> Result<Option<Popped<'m>>, QueueError> {
+        builder: &mut ChainBuilder<'_, '_>,
+    ) -> Result<Option<Walked>, QueueError> {
         let off = 16 * usize::from(self.next_avail);
         let flags = self
             .ring
@@ -129,7 +127,6 @@ impl PackedRing {
         if !self.is_avail(flags, self.avail_wrap) {
             return Ok(None);
         }
-        let mut builder = ChainBuilder::new(mem, hint, max_segments);
         let (mut idx, mut wrap) = (self.next_avail, self.avail_wrap);
         let mut error = None;
         let mut slots: u16 = 0;
@@ -145,7 +142,7 @@ impl PackedRing {
             slots += 1;
             self.advance(&mut idx, &mut wrap, 1);
             if error.is_none() {
-                error = self.add_desc(&mut builder, &d).err();
+                error = self.add_desc(builder, &d).err();
             }
             if d.flags & DESC_F_NEXT == 0 {
                 break d.next_or_id;
@@ -155,14 +152,7 @@ impl PackedRing {
         if let Some(s) = self.slots_by_id.get_mut(usize::from(id)) {
             *s = slots;
         }
-        Ok(Some(match error {
-            None => Popped::Chain(builder.finish(id)),
-            Some(error) => Popped::Invalid {
-                id,
-                ring_slots: slots,
-                error,
-            },
-        }))
+        Ok(Some((id, error.map_or(Ok(()), Err))))
     }
 
     #[inline]

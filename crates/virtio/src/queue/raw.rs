@@ -82,20 +82,6 @@ impl Area {
     }
 
     #[inline]
-    pub(crate) fn load_u32(&self, off: usize) -> Option<u32> {
-        let p = self.at::<u32>(off)?;
-        // SAFETY: in bounds and aligned (see `at`); volatile because the guest may change it.
-        Some(u32::from_le(unsafe { p.read_volatile() }))
-    }
-
-    #[inline]
-    pub(crate) fn load_u64(&self, off: usize) -> Option<u64> {
-        let p = self.at::<u64>(off)?;
-        // SAFETY: in bounds and aligned (see `at`); volatile because the guest may change it.
-        Some(u64::from_le(unsafe { p.read_volatile() }))
-    }
-
-    #[inline]
     pub(crate) fn store_u16(&self, off: usize, v: u16) {
         if let Some(p) = self.at::<u16>(off) {
             // SAFETY: in bounds and aligned (see `at`).
@@ -120,17 +106,17 @@ impl Area {
         }
     }
 
-    /// Stores an 8-byte used-ring element `{id: u32, len: u32}` as one volatile u64 write.
+    /// Stores an 8-byte used-ring element `{id: u32, len: u32}` (4-byte aligned, so as two
+    /// volatile u32 stores after one bounds check).
     #[inline]
     pub(crate) fn store_used_elem(&self, off: usize, id: u32, len: u32) {
-        if let Some(p) = self.at::<u32>(off) {
-            let Some(q) = self.at::<u32>(off + 4) else {
-                return;
-            };
-            // SAFETY: both halves are in bounds and 4-byte aligned (see `at`).
+        if let Some(p) = self.at::<[u32; 2]>(off) {
+            let p = p.cast::<u32>();
+            // SAFETY: `at` checked that all 8 bytes are in bounds; `off` is 4-byte aligned
+            // (used ring base is 4-aligned and elements are 8 bytes), so both halves are.
             unsafe {
                 p.write_volatile(id.to_le());
-                q.write_volatile(len.to_le());
+                p.add(1).write_volatile(len.to_le());
             }
         }
     }
@@ -177,24 +163,40 @@ impl Area {
     /// Reads split-ring descriptor `i` of a table in this area (`None` past the end).
     #[inline]
     pub(crate) fn split_desc(&self, i: usize) -> Option<RawDescriptor> {
-        let off = i.checked_mul(16)?;
+        let (addr, len, flags, next) = self.desc_fields(i)?;
         Some(RawDescriptor {
-            addr: self.load_u64(off)?,
-            len: self.load_u32(off + 8)?,
-            flags: self.load_u16(off + 12)?,
-            next_or_id: self.load_u16(off + 14)?,
+            addr,
+            len,
+            flags,
+            next_or_id: next,
         })
+    }
+
+    /// The four fields of 16-byte descriptor `i`, after one bounds check.
+    #[inline(always)]
+    fn desc_fields(&self, i: usize) -> Option<(u64, u32, u16, u16)> {
+        let p = self.at::<[u64; 2]>(i.checked_mul(16)?)?.cast::<u8>();
+        // SAFETY: `at` checked that the 16 bytes are in bounds; descriptor tables and rings
+        // are 8-byte aligned (checked at set-up), so each field is naturally aligned.
+        unsafe {
+            Some((
+                u64::from_le(p.cast::<u64>().read_volatile()),
+                u32::from_le(p.add(8).cast::<u32>().read_volatile()),
+                u16::from_le(p.add(12).cast::<u16>().read_volatile()),
+                u16::from_le(p.add(14).cast::<u16>().read_volatile()),
+            ))
+        }
     }
 
     /// Reads packed-ring descriptor `i` of a ring or table in this area.
     #[inline]
     pub(crate) fn packed_desc(&self, i: usize) -> Option<RawDescriptor> {
-        let off = i.checked_mul(16)?;
+        let (addr, len, id, flags) = self.desc_fields(i)?;
         Some(RawDescriptor {
-            addr: self.load_u64(off)?,
-            len: self.load_u32(off + 8)?,
-            next_or_id: self.load_u16(off + 12)?,
-            flags: self.load_u16(off + 14)?,
+            addr,
+            len,
+            next_or_id: id,
+            flags,
         })
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{fence, Ordering};
 
 use super::chain::{ChainBuilder, ChainError, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 use super::raw::{Area, AreaError};
-use super::{Popped, QueueError, RingAddresses, RingFeatures};
+use super::{QueueError, RingAddresses, RingFeatures, Walked};
 use crate::memory::GuestMemory;
 
 /// `avail.flags`: the driver does not want interrupts.
@@ -100,13 +100,12 @@ impl SplitRing {
         Ok(idx)
     }
 
+    /// Walks the next available chain into `b`; returns its head and whether it is valid.
     #[inline]
-    pub(crate) fn pop<'m>(
+    pub(crate) fn pop(
         &mut self,
-        mem: &'m GuestMemory,
-        hint: &mut usize,
-        max_segments: usize,
-    ) -> Result<Option<Popped<'m>>, QueueError> {
+        b: &mut ChainBuilder<'_, '_>,
+    ) -> Result<Option<Walked>, QueueError> {
         if self.next_avail == self.cached_avail {
             self.cached_avail = self.load_avail_idx()?;
             if self.next_avail == self.cached_avail {
@@ -119,15 +118,7 @@ impl SplitRing {
             .load_u16(RING + 2 * slot)
             .ok_or(QueueError::Internal)?;
         self.next_avail += 1;
-        let mut builder = ChainBuilder::new(mem, hint, max_segments);
-        Ok(Some(match self.walk(&mut builder, head) {
-            Ok(()) => Popped::Chain(builder.finish(head)),
-            Err(error) => Popped::Invalid {
-                id: head,
-                ring_slots: 1,
-                error,
-            },
-        }))
+        Ok(Some((head, self.walk(b, head))))
     }
 
     #[inline]
