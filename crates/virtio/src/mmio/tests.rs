@@ -27,7 +27,11 @@ impl VirtioDevice for Loopback {
         &[16]
     }
     fn device_features(&self) -> u64 {
-        features::VERSION_1 | features::EVENT_IDX | features::INDIRECT_DESC | features::RING_PACKED
+        features::VERSION_1
+            | features::EVENT_IDX
+            | features::INDIRECT_DESC
+            | features::RING_PACKED
+            | features::NOTIFICATION_DATA
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
@@ -112,6 +116,10 @@ fn negotiate(t: &mut MmioTransport<Loopback>, driver_features: u64) -> bool {
 }
 
 fn run_device(packed: bool) {
+    run_device_with(packed, false);
+}
+
+fn run_device_with(packed: bool, notification_data: bool) {
     let mem = GuestMemory::anonymous(&[(0, 1 << 20)]).unwrap();
     let mut t = MmioTransport::new(Loopback::default(), mem.clone()).unwrap();
     assert_eq!(rd(&mut t, MAGIC_VALUE), MAGIC);
@@ -126,6 +134,9 @@ fn run_device(packed: bool) {
     let mut f = features::VERSION_1 | features::EVENT_IDX | features::INDIRECT_DESC;
     if packed {
         f |= features::RING_PACKED;
+    }
+    if notification_data {
+        f |= features::NOTIFICATION_DATA;
     }
     assert!(negotiate(&mut t, f));
     let rf = RingFeatures::from_bits(f);
@@ -160,7 +171,14 @@ fn run_device(packed: bool) {
             .unwrap();
         d.publish();
         if d.kick_needed() {
-            wr(&mut t, QUEUE_NOTIFY, 0);
+            // With NOTIFICATION_DATA the driver puts the ring position in the upper bits; the
+            // transport must still route the kick to queue 0.
+            let data = if notification_data {
+                (u32::from(round) + 1) << 16 | 1 << 31
+            } else {
+                0
+            };
+            wr(&mut t, QUEUE_NOTIFY, data);
         }
         // Wait for the interrupt line.
         let mut used = Vec::new();
@@ -195,6 +213,12 @@ fn serves_a_split_queue_end_to_end() {
 #[test]
 fn serves_a_packed_queue_end_to_end() {
     run_device(true);
+}
+
+#[test]
+fn routes_kicks_that_carry_notification_data() {
+    run_device_with(false, true);
+    run_device_with(true, true);
 }
 
 #[test]

@@ -1,17 +1,40 @@
 //! The virtqueue engine: one API over split and packed rings.
 //!
-//! A device sees the same [`Queue`] whichever layout the driver negotiated:
+//! A device sees the same [`Queue`] whichever layout the driver negotiated. A device thread
+//! serves a queue like this (the driver here is the crate's mock, standing in for a guest):
 //!
-//! ```text
+//! ```
+//! # #[cfg(feature = "test-utils")] {
+//! use std::io::Write;
+//! use oxio_virtio::mock::{Buf, MockDriver, Placement};
+//! use oxio_virtio::{DescriptorChain, RingFeatures};
+//!
+//! let features = RingFeatures { event_idx: true, indirect: true, ..Default::default() };
+//! let mut driver = MockDriver::with_memory(256, features, 1 << 20);
+//! let buf = driver.alloc(64).unwrap();
+//! driver.add_chain(&[Buf::w(buf, 64)], Placement::Indirect).unwrap();
+//! driver.publish();
+//!
+//! let mem = driver.mem().clone();
+//! let mut queue = driver.device_queue();
+//! let mut chain = DescriptorChain::new();
 //! loop {
 //!     queue.disable_notification();
-//!     while let Some(chain) = queue.pop(&mem)? {       // many chains per wake-up
-//!         let len = serve(chain.reader(), chain.writer());
-//!         queue.add_used(chain.id(), len);             // writes the element only
+//!     while queue.pop_into(&mem, &mut chain)? {       // many chains per wake-up
+//!         let mut w = chain.writer();
+//!         w.write_all(b"hello")?;
+//!         queue.add_used(chain.id(), w.bytes_written()); // writes the element only
 //!     }
-//!     if queue.publish_used() { interrupt.signal_used(q)?; } // one index store, one decision
-//!     if !queue.enable_notification()? { break; }      // re-checks: no lost kick
+//!     if queue.publish_used() {                       // one index store, one decision
+//!         // interrupt.signal_used(index)?;
+//!     }
+//!     if !queue.enable_notification(&mem)? {          // re-checks: no lost kick
+//!         break;
+//!     }
 //! }
+//! assert_eq!(driver.used(), vec![(0, 5)]);
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! Malformed chains never reach the device: [`Queue::pop`] completes them with a used length

@@ -791,3 +791,29 @@ fn memory_change_keeps_indices() {
     assert!(q.pop(&mem2).unwrap().is_some());
     assert_eq!(q.state().next_avail, 2);
 }
+
+#[test]
+fn largest_queue_size_works_on_both_layouts() {
+    both(|packed| {
+        let mut d = MockDriver::with_memory(MAX_QUEUE_SIZE, feats(packed), 8 << 20);
+        let mut q = d.device_queue();
+        let mem = d.mem().clone();
+        let b = d.alloc(16).unwrap();
+        for round in 0..3 {
+            let mut ids = Vec::new();
+            for _ in 0..20_000 {
+                ids.push(d.add_chain(&[Buf::w(b, 16)], Placement::Direct).unwrap());
+            }
+            d.publish();
+            let mut chain = DescriptorChain::new();
+            let mut n = 0;
+            while q.pop_into(&mem, &mut chain).unwrap() {
+                q.add_used(chain.id(), 16);
+                n += 1;
+            }
+            assert_eq!(n, 20_000, "round {round}");
+            q.publish_used();
+            assert_eq!(d.used().len(), 20_000);
+        }
+    });
+}
