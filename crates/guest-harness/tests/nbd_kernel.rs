@@ -82,6 +82,8 @@ fn oxmem_nbd_ioctl_attach_carries_ext4() {
         "--backend memory --attach ioctl --size 128M --device /dev/nbd0",
         &["nbd0"],
     ) + &ext4_round_trip("nbd0")
+        // SIGUSR1 prints live statistics.
+        + "kill -USR1 $OXMEM; sleep 0.5; grep -q 'nbd0: connections 1 (1 active)' /tmp/oxmem.log\n"
         + "stop_oxmem\n";
     let outcome = guest("nbd-oxmem-ioctl").script(&script).run().unwrap();
     outcome.expect_pass().unwrap();

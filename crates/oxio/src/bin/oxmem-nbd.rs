@@ -25,8 +25,8 @@ use oxio_nbd::server::{
 ///   oxmem-nbd --netdev=enp179s0f0np0 --mac=04:3f:72:dd:0b:05 --size=8G --base=0x0
 ///
 /// Then `mkfs.ext4 /dev/nbd0 && mount /dev/nbd0 /mnt`. Stop with Ctrl+C or SIGTERM: the
-/// device is disconnected once in-flight requests are answered. Needs root (CAP_SYS_ADMIN)
-/// and the nbd module (`modprobe nbd`). Logging: RUST_LOG=debug.
+/// device is disconnected once in-flight requests are answered; SIGUSR1 prints statistics.
+/// Needs root (CAP_SYS_ADMIN) and the nbd module (`modprobe nbd`). Logging: RUST_LOG=debug.
 #[derive(Debug, Parser)]
 #[command(name = "oxmem-nbd", version, verbatim_doc_comment)]
 struct Args {
@@ -257,6 +257,8 @@ fn run(args: &Args) -> Result<(), BoxError> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
+    let report = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&report))?;
     let (trigger, _) = Shutdown::new();
     let mut devices = Vec::new();
     for slice in slices(args)? {
@@ -285,6 +287,15 @@ fn run(args: &Args) -> Result<(), BoxError> {
         }
     }
     while !stop.load(Ordering::Relaxed) && !devices.iter().all(|(a, _)| a.is_finished()) {
+        if report.swap(false, Ordering::Relaxed) {
+            for (attachment, export) in &devices {
+                println!(
+                    "oxmem-nbd: {}: {}",
+                    attachment.path().display(),
+                    export.stats().snapshot()
+                );
+            }
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     if stop.load(Ordering::Relaxed) {
