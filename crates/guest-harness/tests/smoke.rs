@@ -101,3 +101,74 @@ fn host_programs_run_with_their_shared_libraries() {
         .unwrap();
     outcome.expect_pass().unwrap();
 }
+
+#[test]
+fn a_hung_guest_is_killed_at_its_timeout() {
+    let outcome = Guest::new("smoke-timeout")
+        .script("sleep 600")
+        .timeout(Duration::from_secs(8))
+        .run()
+        .unwrap();
+    assert_eq!(outcome.result, GuestResult::TimedOut, "{}", outcome.serial);
+    assert!(outcome.elapsed < Duration::from_secs(30));
+}
+
+/// The vhost-user pattern every device test follows, proven with QEMU's own reference
+/// backend: shared guest RAM, a backend listening before QEMU starts, a chardev socket.
+#[test]
+fn vhost_user_blk_with_the_reference_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    let mut image = vec![0u8; 16 << 20];
+    pattern::fill(&mut image[..2 << 20], 0, SEED_HOST);
+    std::fs::write(&disk, &image).unwrap();
+    let sock = dir.path().join("vhost.sock");
+    let qsd = oxio_guest_harness::find_program("qemu-storage-daemon").unwrap();
+    let daemon = std::process::Command::new(qsd)
+        .arg("--blockdev")
+        .arg(format!("driver=file,node-name=disk,filename={}", disk.display()))
+        .arg("--export")
+        .arg(format!(
+            "type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path={},writable=on,num-queues=2",
+            sock.display()
+        ))
+        .spawn()
+        .unwrap();
+    let _daemon = KillOnDrop(daemon);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let outcome = Guest::new("smoke-vhost-user-blk")
+        .shared_memory()
+        .modules(["virtio_pci", "virtio_blk"])
+        .qemu_args(["-chardev".into(), {
+            let mut arg = std::ffi::OsString::from("socket,id=vu0,path=");
+            arg.push(&sock);
+            arg
+        }])
+        .qemu_args(["-device", "vhost-user-blk-pci,chardev=vu0,num-queues=2"])
+        .script(&format!(
+            "wait_for /dev/vda
+             oxio-guest check /dev/vda 0 2M {SEED_HOST}
+             oxio-guest fill /dev/vda 8M 1M {SEED_GUEST}"
+        ))
+        .run()
+        .unwrap();
+    outcome.expect_pass().unwrap();
+    let image = std::fs::read(&disk).unwrap();
+    assert_eq!(
+        pattern::first_mismatch(&image[8 << 20..9 << 20], 8 << 20, SEED_GUEST),
+        None
+    );
+}
+
+/// A host process killed when the test ends, pass or panic.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
