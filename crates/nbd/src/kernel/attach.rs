@@ -212,7 +212,10 @@ fn spawn_servers(connections: usize, serve: &ServeFn) -> Result<Servers, KernelE
         let serve = Arc::clone(serve);
         let handle = std::thread::Builder::new()
             .name(format!("nbd-conn-{connection}"))
-            .spawn(move || serve(connection, server_end))
+            .spawn(move || {
+                block_signals();
+                serve(connection, server_end)
+            })
             .map_err(|source| KernelError::Io {
                 what: "start a serving thread",
                 source,
@@ -233,7 +236,12 @@ fn attach_ioctl(
     let runner = Arc::clone(&device);
     let do_it = std::thread::Builder::new()
         .name(format!("nbd{index}-do-it"))
-        .spawn(move || runner.run())
+        .spawn(move || {
+            // A signal landing here would interrupt NBD_DO_IT, and the kernel then shuts the
+            // sockets at once, failing in-flight I/O instead of draining it.
+            block_signals();
+            runner.run()
+        })
         .map_err(|source| KernelError::Io {
             what: "start the NBD_DO_IT thread",
             source,
@@ -245,6 +253,29 @@ fn attach_ioctl(
             do_it: Some(do_it),
         },
     ))
+}
+
+/// Blocks the usual termination and control signals in the calling thread, so they reach
+/// the thread that waits for them (the caller's main thread) and never interrupt a serving
+/// thread's or `NBD_DO_IT`'s system calls.
+fn block_signals() {
+    // SAFETY: sigset_t is plain data that sigemptyset initialises; pthread_sigmask only
+    // changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+        ] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
 }
 
 fn index_of(path: &Path) -> Result<u32, KernelError> {
