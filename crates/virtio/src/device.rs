@@ -14,6 +14,7 @@ use crate::interrupt::Interrupt;
 use crate::memory::GuestMemory;
 use crate::queue::Queue;
 
+
 /// Device status bits (VIRTIO 1.2 §2.1).
 pub mod status {
     /// The guest found the device.
@@ -125,8 +126,11 @@ pub trait VirtioDevice: Send {
         queues: Vec<ActiveQueue>,
     ) -> Result<(), DeviceError>;
 
-    /// Stops serving, drops the queues and returns to the state before negotiation.
-    fn reset(&mut self);
+    /// Stops serving: finishes the requests in flight (their completions reach the used
+    /// ring), returns each queue's index and final state (vhost-user `GET_VRING_BASE` reports
+    /// its `next_avail`; a restarted backend resumes from it), and returns to the state
+    /// before negotiation. Returns nothing if the device was not active.
+    fn reset(&mut self) -> Vec<(u16, crate::queue::QueueState)>;
 }
 
 /// The checks every transport makes on the driver's features before asking the device.

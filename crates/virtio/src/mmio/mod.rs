@@ -301,7 +301,7 @@ impl<D: VirtioDevice + std::fmt::Debug> MmioTransport<D> {
     }
 
     fn reset(&mut self) {
-        self.device.reset();
+        let _ = self.device.reset();
         self.status = 0;
         self.driver_features = 0;
         self.device_features_sel = 0;

@@ -81,11 +81,12 @@ impl VirtioDevice for Loopback {
         self.worker = Some((stop, handle));
         Ok(())
     }
-    fn reset(&mut self) {
+    fn reset(&mut self) -> Vec<(u16, crate::queue::QueueState)> {
         if let Some((stop, h)) = self.worker.take() {
             stop.store(true, Ordering::SeqCst);
             h.join().unwrap();
         }
+        Vec::new()
     }
 }
 
