@@ -9,6 +9,8 @@
 //! - [`kernel`]: attaching an export to `/dev/nbdN` through the kernel's ioctl and netlink
 //!   interfaces, serving the kernel's end of a socketpair with [`server::serve_transmission`].
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod kernel;
 pub mod server;
 pub mod wire;
