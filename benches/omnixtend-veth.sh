@@ -33,8 +33,8 @@ ip -n "$NA" link set va up
 ip -n "$NB" link set vb up
 NODE_MAC=04:00:00:00:00:00
 ip -n "$NB" link set vb address $NODE_MAC
+# Foreground only: a background function call would leave its child running on `kill`.
 A() { ip netns exec "$NA" "$@"; }
-B() { ip netns exec "$NB" "$@"; }
 json() { python3 -c "import json,sys; d=json.loads(sys.stdin.readline()); print($1)"; }
 field() { grep "\"phase\":\"$1\"" | json "$2"; }
 
@@ -47,14 +47,14 @@ for cfg in "1500 1024" "9000 8192"; do
     ip -n "$NB" link set vb mtu "$MTU"
     PUT=$((14 + 8 + 16 + XFER + 8))   # one PutFullData per frame
     ACKDATA=$((14 + 8 + 8 + XFER + 8)) # one AccessAckData per frame
-    B "$RAW" echo vb & BG=$!
+    ip netns exec "$NB" "$RAW" echo vb & BG=$!
     sleep 0.3
     # Writes: a PutFullData-sized frame out, a small ack frame back.
     CW=$(A "$RAW" blast va $NODE_MAC $PUT 70 1 64 "$SECS" 1 | json 'd["payload_mb_per_s"]')
     # Reads: a small frame of coalesced Gets out (16 per frame), 16 AccessAckData frames back.
     CR=$(A "$RAW" blast va $NODE_MAC 302 $ACKDATA 16 8 "$SECS" 0 | json 'd["payload_mb_per_s"]')
     kill "$BG"; wait "$BG" 2>/dev/null || true; BG=
-    B "$OXIO" memory-node --netdev vb --size 256M --stats-interval 0 2>/dev/null & BG=$!
+    ip netns exec "$NB" "$OXIO" memory-node --netdev vb --size 256M --stats-interval 0 2>/dev/null & BG=$!
     sleep 0.3
     P=$(A "$OXIO" omnixtend probe --netdev va --mac $NODE_MAC --size 256M --block "$XFER" --depth 128 \
         --seconds "$SECS" --json 2>/dev/null)

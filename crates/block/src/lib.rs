@@ -32,6 +32,7 @@ mod error;
 pub mod file;
 pub mod memory;
 mod notify;
+pub mod omnixtend;
 mod spec;
 
 use std::fmt;

@@ -260,6 +260,7 @@ fn io_thread(
     };
     let mut ready = Some(ready);
     let mut closing: Option<Instant> = None;
+    let mut close_sent: Option<Instant> = None;
     let mut last_stats = now;
     let result = loop {
         if io.take_cmds(shared) && closing.is_none() {
@@ -276,11 +277,16 @@ fn io_thread(
             }
         }
         if let Some(deadline) = closing {
-            if io.core.pending_ops() == 0 && !io.core.closed() {
+            if io.core.pending_ops() == 0 && close_sent.is_none() {
+                // Everything drained: send Close and wait briefly for the node's (as the
+                // Hofmann host does, 500 ms).
                 io.core.close();
+                close_sent = Some(now + Duration::from_millis(500));
             }
+            let close_timed_out = close_sent.is_some_and(|t| now >= t);
             if io.core.closed()
                 || now >= deadline
+                || close_timed_out
                 || (io.core.pending_ops() == 0 && ready.is_some())
             {
                 break Ok(());
