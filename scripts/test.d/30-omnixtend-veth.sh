@@ -2,7 +2,8 @@
 # OmniXtend over a real veth pair between two network namespaces: `oxio memory-node` in one,
 # `oxio omnixtend probe --verify` (the pipelined requester over AF_PACKET) in the other; data is
 # written and read back and compared. Also MTU 9000 with the spec lane order, the C-compatible
-# requester mode, UDP across the namespaces, and a node restart (the requester reconnects).
+# requester mode, UDP across the namespaces, and a node restart under load (the requester
+# reconnects).
 # Needs root (CI runs as root); skips otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -95,5 +96,16 @@ ip -n "$NA" link set va mtu 1500
 ip -n "$NB" link set vb mtu 1500
 start_node
 probe --size 16M --block 4K --depth 32 --seconds 1 || fail "timed probe"
+stop_node
+
+echo "== the node restarts (file-backed) under load: the requester reconnects and finishes"
+start_node --file "$LOG/mem.img"
+probe --size 16M --block 4K --depth 32 --seconds 4 --mode write >"$LOG/probe.out" 2>&1 &
+PROBE_PID=$!
+sleep 1.5
+stop_node
+start_node --file "$LOG/mem.img"
+wait "$PROBE_PID" || { cat "$LOG/probe.out"; fail "probe failed across a node restart"; }
+sed 's/\x1b\[[0-9;]*m//g' "$LOG/probe.out" | grep -Eq "reconnects=[1-9]" || { cat "$LOG/probe.out"; fail "no reconnection seen"; }
 stop_node
 echo "ok: omnixtend veth suite"
