@@ -3,6 +3,8 @@
 //! the kernel's NBD driver, optionally split into several devices, and serves it until SIGINT
 //! or SIGTERM, which disconnect cleanly after in-flight requests are answered.
 
+mod window;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use oxio_nbd::kernel::{
 use oxio_nbd::server::{
     serve_transmission_blocking, Export, Shutdown, ShutdownTrigger, TransmissionMode,
 };
+use window::Window;
 
 /// Expose OmniXtend remote memory as Linux block devices (/dev/nbdN).
 ///
@@ -127,7 +130,11 @@ fn first_index(device: &std::path::Path) -> Result<u32, String> {
 /// One device's share of the memory.
 #[derive(Debug)]
 struct Slice {
+    /// N of /dev/nbdN.
     index: u32,
+    /// Offset in the whole memory.
+    offset: u64,
+    /// Bus address of the first byte (--base + offset).
     base: u64,
     size: u64,
 }
@@ -146,12 +153,14 @@ fn slices(args: &Args) -> Result<Vec<Slice>, String> {
     (0..args.num)
         .map(|i| {
             let index = first.checked_add(i).ok_or("device index overflows")?;
+            let offset = each * u64::from(i);
             let base = args
                 .base
-                .checked_add(each * u64::from(i))
+                .checked_add(offset)
                 .ok_or("--base + --size overflows the address space")?;
             Ok(Slice {
                 index,
+                offset,
                 base,
                 size: each,
             })
@@ -159,20 +168,18 @@ fn slices(args: &Args) -> Result<Vec<Slice>, String> {
         .collect()
 }
 
-fn open_backend(args: &Args, slice: &Slice) -> Result<SharedBackend, BoxError> {
+/// The whole memory (all --num devices), which each device sees a window of.
+fn open_whole(args: &Args) -> Result<SharedBackend, BoxError> {
     match &args.backend {
-        Backend::Memory => Ok(Arc::new(MemoryBackend::new(slice.size)?)),
+        Backend::Memory => Ok(Arc::new(MemoryBackend::new(args.size)?)),
         Backend::File(path) => {
-            if args.num != 1 {
-                return Err("--backend file:PATH serves one device; use --num 1".into());
-            }
             let backend: SharedBackend = Arc::new(FileBackend::open(path, FileOptions::default())?);
             let have = backend.capabilities().size;
-            if have < slice.size {
+            if have < args.size {
                 return Err(format!(
                     "{} holds {have} bytes, less than --size {}",
                     path.display(),
-                    slice.size
+                    args.size
                 )
                 .into());
             }
@@ -185,7 +192,7 @@ fn open_backend(args: &Args, slice: &Slice) -> Result<SharedBackend, BoxError> {
             Err(format!(
                 "the OmniXtend block backend is not available in this build yet (wanted {netdev} \
                  -> {mac}, base {:#x}, {} bytes); use --backend memory for a local stand-in",
-                slice.base, slice.size
+                args.base, args.size
             )
             .into())
         }
@@ -203,10 +210,12 @@ fn backend_name(backend: &Backend) -> String {
 /// Attaches one device and starts serving it.
 fn attach(
     args: &Args,
+    whole: &SharedBackend,
     slice: &Slice,
     shutdown: &ShutdownTrigger,
 ) -> Result<(Attachment, Arc<Export>), BoxError> {
-    let backend = open_backend(args, slice)?;
+    let backend: SharedBackend =
+        Arc::new(Window::new(Arc::clone(whole), slice.offset, slice.size)?);
     let export = Arc::new(Export::new(format!("nbd{}", slice.index), backend));
     let mode = TransmissionMode::simple();
     let mut config = DeviceConfig::new(slice.size, export.transmission_flags(&mode));
@@ -259,10 +268,12 @@ fn run(args: &Args) -> Result<(), BoxError> {
     }
     let report = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&report))?;
+    let slices = slices(args)?;
+    let whole = open_whole(args)?;
     let (trigger, _) = Shutdown::new();
     let mut devices = Vec::new();
-    for slice in slices(args)? {
-        match attach(args, &slice, &trigger) {
+    for slice in slices {
+        match attach(args, &whole, &slice, &trigger) {
             Ok((attachment, export)) => {
                 println!(
                     "oxmem-nbd: {} {} ({} bytes, {} backend, base {:#x}, {:?})",
@@ -400,15 +411,10 @@ mod tests {
         );
         assert!(parse_backend("tape").is_err());
         let a = args(&[]);
-        let slice = Slice {
-            index: 0,
-            base: 0,
-            size: 8 << 20,
-        };
-        let err = open_backend(&a, &slice).err().unwrap().to_string();
+        let err = open_whole(&a).err().unwrap().to_string();
         assert!(err.contains("--netdev and --mac"), "{err}");
         let a = args(&["--netdev=eth0", "--mac=04:3f:72:dd:0b:05"]);
-        let err = open_backend(&a, &slice).err().unwrap().to_string();
+        let err = open_whole(&a).err().unwrap().to_string();
         assert!(err.contains("--backend memory"), "{err}");
     }
 }
