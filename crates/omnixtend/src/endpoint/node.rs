@@ -258,6 +258,9 @@ impl EndpointCore {
     }
 }
 
+/// Frames sent per peer per turn of the serving loop.
+const BATCH: usize = 64;
+
 /// Serves `core` over `transport` until `stop` is set. Frames are received and sent in batches.
 pub fn serve(
     core: &mut EndpointCore,
@@ -282,7 +285,7 @@ pub fn serve_with(
         }
         let now = Instant::now();
         let mut send_err = None;
-        core.poll_transmit(now, 64, &mut |f| {
+        let sent = core.poll_transmit(now, BATCH, &mut |f| {
             if let Err(e) = transport.send(f) {
                 send_err.get_or_insert(e);
             }
@@ -291,12 +294,16 @@ pub fn serve_with(
         if let Some(e) = send_err {
             return Err(e);
         }
-        let wait = core
-            .poll_at()
-            .map_or(Duration::from_millis(100), |t| {
-                t.saturating_duration_since(now)
-            })
-            .min(Duration::from_millis(100));
+        // A full batch means more may be ready to go: only peek at the socket.
+        let wait = if sent >= BATCH {
+            Duration::ZERO
+        } else {
+            core.poll_at()
+                .map_or(Duration::from_millis(100), |t| {
+                    t.saturating_duration_since(now)
+                })
+                .min(Duration::from_millis(100))
+        };
         transport.recv(Some(wait), &mut |f| core.receive(Instant::now(), f))?;
     }
     Ok(())

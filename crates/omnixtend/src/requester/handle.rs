@@ -9,6 +9,9 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Frames sent per turn of the I/O loop.
+const BATCH: usize = 256;
+
 /// Called once with the request's buffer (filled for reads) or its error. Runs on the I/O
 /// thread: it must be quick and must not block on another request.
 pub type Callback = Box<dyn FnOnce(Result<Vec<u8>, IoError>) + Send>;
@@ -182,16 +185,17 @@ struct Io {
 }
 
 impl Io {
-    fn flush_out(&mut self, now: Instant) -> std::io::Result<()> {
+    /// Sends what is ready; returns whether the batch was full (more may be ready).
+    fn flush_out(&mut self, now: Instant) -> std::io::Result<bool> {
         let mut err = None;
         let transport = &mut self.transport;
-        self.core.poll_transmit(now, 256, &mut |f| {
+        let sent = self.core.poll_transmit(now, BATCH, &mut |f| {
             if let Err(e) = transport.send(f) {
                 err.get_or_insert(e);
             }
         });
         self.transport.flush()?;
-        err.map_or(Ok(()), Err)
+        err.map_or(Ok(sent >= BATCH), Err)
     }
 
     fn complete(&mut self) {
@@ -224,10 +228,12 @@ impl Io {
         close
     }
 
-    fn wait(&mut self, shared: &Shared, now: Instant) -> std::io::Result<()> {
-        let wait = self.core.poll_at().map_or(Duration::from_millis(50), |t| {
-            t.saturating_duration_since(now)
-        });
+    fn wait(&mut self, shared: &Shared, now: Instant, busy: bool) -> std::io::Result<()> {
+        let wait = match self.core.poll_at() {
+            _ if busy => Duration::ZERO,
+            Some(t) => t.saturating_duration_since(now),
+            None => Duration::from_millis(50),
+        };
         shared.sleeping.store(true, Ordering::SeqCst);
         let wait = if lock(&shared.cmds).is_empty() {
             wait.min(Duration::from_millis(50))
@@ -267,9 +273,10 @@ fn io_thread(
             closing = Some(Instant::now() + Duration::from_secs(30));
         }
         let now = Instant::now();
-        if let Err(e) = io.flush_out(now) {
-            break Err(e);
-        }
+        let busy = match io.flush_out(now) {
+            Ok(b) => b,
+            Err(e) => break Err(e),
+        };
         io.complete();
         if ready.is_some() && io.core.stats().link.frames_accepted > 0 {
             if let Some(r) = ready.take() {
@@ -296,7 +303,7 @@ fn io_thread(
             *lock(&shared.stats) = io.core.stats();
             last_stats = now;
         }
-        if let Err(e) = io.wait(shared, now) {
+        if let Err(e) = io.wait(shared, now, busy) {
             break Err(e);
         }
         io.complete();
