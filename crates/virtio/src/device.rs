@@ -14,7 +14,6 @@ use crate::interrupt::Interrupt;
 use crate::memory::GuestMemory;
 use crate::queue::Queue;
 
-
 /// Device status bits (VIRTIO 1.2 §2.1).
 pub mod status {
     /// The guest found the device.

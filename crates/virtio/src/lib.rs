@@ -13,6 +13,7 @@
 
 #![deny(missing_docs)]
 
+pub mod blk;
 pub mod device;
 pub mod interrupt;
 pub mod memory;

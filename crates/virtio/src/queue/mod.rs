@@ -229,6 +229,8 @@ pub struct Queue {
     /// Whether we know what the driver was last told: true for a fresh queue, false after
     /// a restore or a rebase, when the next publish must interrupt to be safe.
     history_known: bool,
+    /// `stats.used` at the last publish.
+    used_at_publish: u64,
     stats: QueueStats,
 }
 
@@ -251,6 +253,7 @@ impl Queue {
             in_order: InOrder::default(),
             early_used: Vec::new(),
             history_known: true,
+            used_at_publish: 0,
             stats: QueueStats::default(),
         }
     }
@@ -507,6 +510,10 @@ impl Queue {
     /// Publishes the used elements written since the last call (one index store) and says
     /// whether the driver wants an interrupt for them. Call once per batch.
     pub fn publish_used(&mut self) -> bool {
+        if self.stats.used == self.used_at_publish {
+            return false; // nothing new: no store, no interrupt
+        }
+        self.used_at_publish = self.stats.used;
         let notify = match &mut self.ring {
             Some(Ring::Split(r)) => r.publish(),
             Some(Ring::Packed(r)) => r.publish(),
@@ -592,6 +599,8 @@ impl Queue {
         self.ring = None;
         self.mem = None;
         self.history_known = false;
+        // The old backend may have published without signalling: the next publish does both.
+        self.used_at_publish = u64::MAX;
         Ok(())
     }
 
@@ -602,6 +611,8 @@ impl Queue {
         self.start.next_used = next_used;
         self.ring = None;
         self.history_known = false;
+        // The old backend may have published without signalling: the next publish does both.
+        self.used_at_publish = u64::MAX;
     }
 
     /// Sets where a packed ring starts (vhost-user `SET_VRING_BASE` with the wrap counter in
@@ -611,6 +622,8 @@ impl Queue {
         (self.start.next_used, self.start.used_wrap) = used;
         self.ring = None;
         self.history_known = false;
+        // The old backend may have published without signalling: the next publish does both.
+        self.used_at_publish = u64::MAX;
     }
 
     /// Returns the queue to its state after creation (device reset).

@@ -1,0 +1,388 @@
+//! virtio-blk through the mock driver, with the device on its worker threads and the real
+//! memory backend behind it.
+
+// Test patterns truncate integers to bytes on purpose.
+#![allow(clippy::cast_possible_truncation)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oxio_block::memory::MemoryBackend;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::*;
+use crate::device::{ActiveQueue, VirtioDevice};
+use crate::interrupt::EventFdInterrupt;
+use crate::mock::{Buf, MockDriver, Placement};
+use crate::queue::RingFeatures;
+
+const DISK: u64 = 4 << 20;
+
+struct Rig {
+    dev: Block,
+    drivers: Vec<MockDriver>,
+    kicks: Vec<EventFd>,
+}
+
+fn rig_with(cfg: BlockConfig, packed: bool) -> Rig {
+    let backend = Arc::new(MemoryBackend::new(DISK).unwrap());
+    let mut dev = Block::new(backend, cfg.clone());
+    let offered = dev.device_features();
+    dev.set_features(offered).unwrap();
+    let f = RingFeatures {
+        packed,
+        indirect: true,
+        event_idx: true,
+        in_order: false,
+    };
+    let irq = Arc::new(EventFdInterrupt::with_new_eventfds(usize::from(cfg.num_queues)).unwrap());
+    let mem = crate::GuestMemory::anonymous(&[(0, 64 << 20)]).unwrap();
+    let mut drivers = Vec::new();
+    let mut kicks = Vec::new();
+    let mut queues = Vec::new();
+    for i in 0..cfg.num_queues {
+        let base = u64::from(i) * (32 << 20);
+        let layout = crate::mock::MockLayout::new(base + 0x1000, cfg.queue_size, base + (32 << 20));
+        let d = MockDriver::new(mem.clone(), cfg.queue_size, f, layout);
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        kicks.push(kick.try_clone().unwrap());
+        queues.push(ActiveQueue {
+            index: i,
+            queue: d.device_queue(),
+            kick,
+        });
+        drivers.push(d);
+    }
+    dev.activate(mem, irq, queues).unwrap();
+    Rig {
+        dev,
+        drivers,
+        kicks,
+    }
+}
+
+fn rig() -> Rig {
+    rig_with(BlockConfig::default(), false)
+}
+
+fn header(kind: u32, sector: u64) -> Vec<u8> {
+    let mut h = kind.to_le_bytes().to_vec();
+    h.extend(0u32.to_le_bytes());
+    h.extend(sector.to_le_bytes());
+    h
+}
+
+impl Rig {
+    /// Submits one request (readable bytes, writable data length) and waits for it.
+    /// Returns (status, used length, data read back).
+    fn request_on(
+        &mut self,
+        q: usize,
+        readable: &[u8],
+        data_len: u32,
+        placement: Placement,
+    ) -> (u8, u32, Vec<u8>) {
+        let d = &mut self.drivers[q];
+        d.reset_alloc();
+        let r = d
+            .alloc(u32::try_from(readable.len()).unwrap().max(1))
+            .unwrap();
+        d.write(r, readable);
+        let w = d.alloc(data_len.max(1)).unwrap();
+        let st = d.alloc(1).unwrap();
+        d.write(st, &[0xff]);
+        let mut bufs = vec![];
+        // Split the readable part in two descriptors, as Linux does (header, then data).
+        let rl = u32::try_from(readable.len()).unwrap();
+        if rl > 16 {
+            bufs.push(Buf::r(r, 16));
+            bufs.push(Buf::r(r + 16, rl - 16));
+        } else if rl > 0 {
+            bufs.push(Buf::r(r, rl));
+        }
+        if data_len > 0 {
+            bufs.push(Buf::w(w, data_len));
+        }
+        bufs.push(Buf::w(st, 1));
+        let id = d.add_chain(&bufs, placement).unwrap();
+        d.publish();
+        if d.kick_needed() {
+            self.kicks[q].write(1).unwrap();
+        }
+        let used = self.wait_used(q, 1);
+        assert_eq!(used[0].0, id);
+        let d = &self.drivers[q];
+        let mut s = [0u8];
+        d.read(st, &mut s);
+        let mut out = vec![0u8; data_len as usize];
+        d.read(w, &mut out);
+        (s[0], used[0].1, out)
+    }
+
+    fn request(&mut self, readable: &[u8], data_len: u32) -> (u8, u32, Vec<u8>) {
+        self.request_on(0, readable, data_len, Placement::Direct)
+    }
+
+    fn wait_used(&mut self, q: usize, n: usize) -> Vec<(u16, u32)> {
+        let start = Instant::now();
+        let mut got = Vec::new();
+        while got.len() < n {
+            got.extend(self.drivers[q].used());
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "request never completed"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        got
+    }
+
+    fn write(&mut self, sector: u64, data: &[u8]) -> u8 {
+        let mut req = header(types::OUT, sector);
+        req.extend(data);
+        self.request(&req, 0).0
+    }
+
+    fn read(&mut self, sector: u64, len: u32) -> (u8, Vec<u8>) {
+        let (s, used, data) = self.request(&header(types::IN, sector), len);
+        assert_eq!(used, len + 1, "used length counts data and status");
+        (s, data)
+    }
+
+    fn ranges(&mut self, kind: u32, ranges: &[(u64, u32, u32)]) -> u8 {
+        let mut req = header(kind, 0);
+        for &(sector, n, flags) in ranges {
+            req.extend(sector.to_le_bytes());
+            req.extend(n.to_le_bytes());
+            req.extend(flags.to_le_bytes());
+        }
+        self.request(&req, 0).0
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn write_read_flush_get_id() {
+    for packed in [false, true] {
+        let mut r = rig_with(BlockConfig::default(), packed);
+        let data = pattern(8192, 7);
+        assert_eq!(r.write(10, &data), status::OK);
+        assert_eq!(r.read(10, 8192), (status::OK, data.clone()));
+        assert_eq!(r.read(11, 512).1, data[512..1024]);
+        assert_eq!(r.request(&header(types::FLUSH, 0), 0).0, status::OK);
+        let (s, _, id) = r.request(&header(types::GET_ID, 0), 20);
+        assert_eq!(s, status::OK);
+        assert_eq!(&id[..4], b"oxio");
+        let (_, _, small) = r.request(&header(types::GET_ID, 0), 2);
+        assert_eq!(small, b"ox");
+    }
+}
+
+#[test]
+fn indirect_requests_work() {
+    let mut r = rig();
+    let mut req = header(types::OUT, 0);
+    req.extend(pattern(4096, 1));
+    assert_eq!(r.request_on(0, &req, 0, Placement::Indirect).0, status::OK);
+    let (s, _, data) = r.request_on(0, &header(types::IN, 0), 4096, Placement::Indirect);
+    assert_eq!((s, data), (status::OK, pattern(4096, 1)));
+}
+
+#[test]
+fn capacity_and_sector_arithmetic_are_checked() {
+    let mut r = rig();
+    let last = DISK / SECTOR_SIZE - 1;
+    assert_eq!(r.read(last, 512).0, status::OK);
+    assert_eq!(r.read(last, 1024).0, status::IOERR, "runs past the end");
+    assert_eq!(r.read(DISK / SECTOR_SIZE, 512).0, status::IOERR);
+    assert_eq!(
+        r.read(u64::MAX / 256, 512).0,
+        status::IOERR,
+        "sector * 512 overflows"
+    );
+    assert_eq!(r.read(0, 100).0, status::IOERR, "not whole sectors");
+    assert_eq!(r.write(last + 1, &[0; 512]), status::IOERR);
+    assert_eq!(r.write(0, &[0; 100]), status::IOERR);
+}
+
+#[test]
+fn malformed_requests_fail_without_wedging_the_queue() {
+    let mut r = rig();
+    // Short header.
+    assert_eq!(r.request(&[0u8; 8], 0).0, status::IOERR);
+    // Unknown request type.
+    assert_eq!(r.request(&header(99, 0), 0).0, status::UNSUPP);
+    // Header in a device-writable buffer (wrong direction): no readable header.
+    let (s, _, _) = r.request(&[], 16);
+    assert_eq!(s, status::IOERR);
+    // No writable byte at all: completed with length 0, nothing written.
+    let d = &mut r.drivers[0];
+    let h = d.alloc(16).unwrap();
+    d.write(h, &header(types::IN, 0));
+    let id = d.add_chain(&[Buf::r(h, 16)], Placement::Direct).unwrap();
+    d.publish();
+    r.kicks[0].write(1).unwrap();
+    assert_eq!(r.wait_used(0, 1), vec![(id, 0)]);
+    // A chain with more segments than the queue accepts (indirect, 2000 segments).
+    let d = &mut r.drivers[0];
+    let b = d.alloc(4).unwrap();
+    let bufs: Vec<Buf> = (0..2000).map(|_| Buf::r(b, 1)).collect();
+    let id = d.add_chain(&bufs, Placement::Indirect).unwrap();
+    d.publish();
+    r.kicks[0].write(1).unwrap();
+    assert_eq!(r.wait_used(0, 1), vec![(id, 0)]);
+    // A readable buffer outside guest memory.
+    let d = &mut r.drivers[0];
+    let st = d.alloc(1).unwrap();
+    let id = d
+        .add_chain(&[Buf::r(1 << 40, 16), Buf::w(st, 1)], Placement::Direct)
+        .unwrap();
+    d.publish();
+    r.kicks[0].write(1).unwrap();
+    assert_eq!(r.wait_used(0, 1), vec![(id, 0)]);
+    // And the queue still serves.
+    assert_eq!(r.write(0, &pattern(512, 3)), status::OK);
+    assert_eq!(r.read(0, 512), (status::OK, pattern(512, 3)));
+}
+
+#[test]
+fn discard_and_write_zeroes_really_zero() {
+    let mut r = rig();
+    r.write(0, &pattern(64 * 1024, 9));
+    assert_eq!(
+        r.ranges(types::DISCARD, &[(8, 8, 0), (32, 16, 0)]),
+        status::OK
+    );
+    let (_, data) = r.read(0, 64 * 1024);
+    let mut want = pattern(64 * 1024, 9);
+    want[8 * 512..16 * 512].fill(0);
+    want[32 * 512..48 * 512].fill(0);
+    assert_eq!(data, want);
+    assert_eq!(r.ranges(types::WRITE_ZEROES, &[(0, 4, 0)]), status::OK);
+    assert_eq!(
+        r.ranges(types::WRITE_ZEROES, &[(100, 4, DWZ_F_UNMAP)]),
+        status::OK
+    );
+    want[..4 * 512].fill(0);
+    want[100 * 512..104 * 512].fill(0);
+    assert_eq!(r.read(0, 64 * 1024).1, want);
+    // Unmap on a discard, and unknown flags, are unsupported (§5.2.6.2).
+    assert_eq!(
+        r.ranges(types::DISCARD, &[(0, 1, DWZ_F_UNMAP)]),
+        status::UNSUPP
+    );
+    assert_eq!(r.ranges(types::WRITE_ZEROES, &[(0, 1, 4)]), status::UNSUPP);
+    // Out of range, too many segments, or no segment: IOERR.
+    assert_eq!(
+        r.ranges(types::DISCARD, &[(DISK / 512, 1, 0)]),
+        status::IOERR
+    );
+    let many: Vec<_> = (0..17).map(|i| (i, 1, 0)).collect();
+    assert_eq!(r.ranges(types::DISCARD, &many), status::IOERR);
+    assert_eq!(r.ranges(types::DISCARD, &[]), status::IOERR);
+}
+
+#[test]
+fn read_only_refuses_writes() {
+    let mut r = rig_with(
+        BlockConfig {
+            read_only: true,
+            ..Default::default()
+        },
+        false,
+    );
+    assert_ne!(r.dev.device_features() & features::RO, 0);
+    assert_eq!(
+        r.dev.device_features() & (features::DISCARD | features::WRITE_ZEROES),
+        0
+    );
+    assert_eq!(r.write(0, &[1; 512]), status::IOERR);
+    assert_eq!(r.ranges(types::WRITE_ZEROES, &[(0, 1, 0)]), status::UNSUPP);
+    assert_eq!(r.read(0, 512), (status::OK, vec![0; 512]));
+}
+
+#[test]
+fn config_space_describes_the_device() {
+    let r = rig_with(
+        BlockConfig {
+            num_queues: 2,
+            ..Default::default()
+        },
+        false,
+    );
+    let mut b = [0u8; 60];
+    r.dev.read_config(0, &mut b);
+    assert_eq!(u64::from_le_bytes(b[0..8].try_into().unwrap()), DISK / 512);
+    assert_eq!(
+        u32::from_le_bytes(b[12..16].try_into().unwrap()),
+        254,
+        "seg_max"
+    );
+    assert_eq!(
+        u16::from_le_bytes(b[34..36].try_into().unwrap()),
+        2,
+        "num_queues"
+    );
+    assert_eq!(b[56], 1, "write_zeroes_may_unmap");
+    let f = r.dev.device_features();
+    for bit in [
+        features::MQ,
+        features::FLUSH,
+        features::DISCARD,
+        features::WRITE_ZEROES,
+        features::BLK_SIZE,
+    ] {
+        assert_ne!(f & bit, 0);
+    }
+}
+
+#[test]
+fn queues_are_served_in_parallel_and_reset_drains() {
+    let mut r = rig_with(
+        BlockConfig {
+            num_queues: 2,
+            ..Default::default()
+        },
+        false,
+    );
+    // Many requests in flight on both queues at once.
+    for q in 0..2 {
+        let d = &mut r.drivers[q];
+        for i in 0..64u64 {
+            let h = d.alloc(16).unwrap();
+            let mut req = header(types::OUT, i * 8 + q as u64 * 1024);
+            req.truncate(16);
+            d.write(h, &req);
+            let data = d.alloc(4096).unwrap();
+            d.write(data, &pattern(4096, i as u8));
+            let st = d.alloc(1).unwrap();
+            d.add_chain(
+                &[Buf::r(h, 16), Buf::r(data, 4096), Buf::w(st, 1)],
+                Placement::Direct,
+            )
+            .unwrap();
+        }
+        d.publish();
+        r.kicks[q].write(1).unwrap();
+    }
+    for q in 0..2 {
+        assert_eq!(r.wait_used(q, 64).len(), 64);
+    }
+    for (q, i) in [(0usize, 5u64), (1, 63)] {
+        assert_eq!(
+            r.read(i * 8 + q as u64 * 1024, 4096).1,
+            pattern(4096, i as u8)
+        );
+    }
+    let states = r.dev.reset();
+    assert_eq!(states.len(), 2);
+    for (_, s) in states {
+        assert_eq!(s.next_avail, s.next_used);
+        assert!(s.next_avail >= 64);
+    }
+}

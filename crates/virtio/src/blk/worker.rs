@@ -1,0 +1,296 @@
+//! One queue's I/O thread: pops requests, keeps many in flight on the backend, and writes
+//! completions back in batches.
+//!
+//! The loop waits on three eventfds: the driver's kick, the backend's completions and a stop
+//! signal. Each turn reaps completions, pops new requests while there is room (notifications
+//! off meanwhile, re-enabled with a re-check so no kick is lost), then publishes the used ring
+//! once and interrupts at most once. A stop drains the requests in flight before returning,
+//! so no request the driver made available is lost or completed twice.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use oxio_block::{BlockQueue, Completion, IoBuf, Op, Request as BlockRequest};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::request::{self, Reject, Request};
+use super::{status, HEADER_LEN, ID_BYTES};
+use crate::interrupt::Interrupt;
+use crate::memory::GuestMemory;
+use crate::queue::{DescriptorChain, Queue, QueueState};
+
+const KICK: u64 = 0;
+const BACKEND: u64 = 1;
+const STOP: u64 = 2;
+
+/// A request waiting for the backend.
+struct InFlight<'m> {
+    chain: DescriptorChain<'m>,
+    /// Bytes to copy into the chain when a read completes.
+    read_len: u32,
+    /// Backend operations still outstanding (discard ranges are one each).
+    pending: u32,
+    status: u8,
+}
+
+/// Everything one queue's thread owns.
+pub(crate) struct Worker {
+    pub(crate) index: u16,
+    pub(crate) queue: Queue,
+    pub(crate) kick: EventFd,
+    pub(crate) stop: EventFd,
+    pub(crate) interrupt: Arc<dyn Interrupt>,
+    pub(crate) backend: Box<dyn BlockQueue>,
+    pub(crate) limits: request::Limits,
+    pub(crate) serial: [u8; ID_BYTES],
+    pub(crate) depth: usize,
+    pub(crate) flush: bool,
+}
+
+struct Slots<'m> {
+    slots: Vec<Option<InFlight<'m>>>,
+    free: Vec<usize>,
+    used: usize,
+}
+
+impl<'m> Slots<'m> {
+    fn insert(&mut self, f: InFlight<'m>) -> usize {
+        self.used += 1;
+        if let Some(i) = self.free.pop() {
+            self.slots[i] = Some(f);
+            i
+        } else {
+            self.slots.push(Some(f));
+            self.slots.len() - 1
+        }
+    }
+
+    fn remove(&mut self, i: usize) -> Option<InFlight<'m>> {
+        let f = self.slots.get_mut(i)?.take()?;
+        self.free.push(i);
+        self.used -= 1;
+        Some(f)
+    }
+}
+
+impl Worker {
+    /// Serves the queue until stopped; returns its final state.
+    pub(crate) fn run(mut self, mem: GuestMemory) -> (u16, QueueState) {
+        if let Err(e) = self.event_loop(&mem) {
+            tracing::error!(queue = self.index, error = %e, "virtio-blk queue stopped");
+        }
+        (self.index, self.queue.state())
+    }
+
+    fn event_loop(&mut self, mem: &GuestMemory) -> std::io::Result<()> {
+        let epoll = Epoll::new()?;
+        let add = |fd: i32, token: u64| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        add(self.kick.as_raw_fd(), KICK)?;
+        add(self.backend.notifier().as_raw_fd(), BACKEND)?;
+        add(self.stop.as_raw_fd(), STOP)?;
+        let mut slots = Slots {
+            slots: Vec::new(),
+            free: Vec::new(),
+            used: 0,
+        };
+        let mut completions = Vec::new();
+        let mut events = [EpollEvent::default(); 3];
+        let mut stopping = false;
+        let mut broken = false;
+        loop {
+            // Until nothing moves: completions free room, room lets more requests start, and
+            // backends that complete inline (memory) do so at commit without signalling.
+            loop {
+                let reaped = self.reap(&mut slots, &mut completions);
+                let started = if stopping || broken {
+                    0
+                } else {
+                    self.serve(mem, &mut slots).unwrap_or_else(|e| {
+                        tracing::error!(queue = self.index, error = %e, "queue is broken until reset");
+                        broken = true;
+                        0
+                    })
+                };
+                if reaped == 0 && started == 0 {
+                    break;
+                }
+            }
+            if self.queue.publish_used() {
+                if let Err(e) = self.interrupt.signal_used(self.index) {
+                    tracing::warn!(queue = self.index, error = %e, "cannot signal the driver");
+                }
+            }
+            if stopping && slots.used == 0 {
+                return Ok(());
+            }
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    KICK => drop(self.kick.read()),
+                    STOP => {
+                        drop(self.stop.read());
+                        stopping = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Pops and starts requests while there is room; returns how many it started, once the
+    /// ring is empty (with notifications re-enabled) or the backend is full.
+    fn serve<'m>(
+        &mut self,
+        mem: &'m GuestMemory,
+        slots: &mut Slots<'m>,
+    ) -> Result<usize, crate::queue::QueueError> {
+        let mut started = 0;
+        loop {
+            self.queue.disable_notification();
+            while slots.used < self.depth {
+                let Some(chain) = self.queue.pop(mem)? else {
+                    break;
+                };
+                self.start(chain, slots);
+                started += 1;
+            }
+            if let Err(e) = self.backend.commit() {
+                tracing::warn!(queue = self.index, error = %e, "backend commit failed");
+            }
+            if slots.used >= self.depth || !self.queue.enable_notification(mem)? {
+                return Ok(started);
+            }
+        }
+    }
+
+    fn start<'m>(&mut self, chain: DescriptorChain<'m>, slots: &mut Slots<'m>) {
+        let req = match request::parse(&chain, &self.limits) {
+            Ok(r) => r,
+            Err(Reject::NoStatus) => return self.queue.add_used(chain.id(), 0),
+            Err(Reject::Status(s)) => return self.complete(&chain, s),
+        };
+        let ops = match req {
+            Request::Read { offset, len } => {
+                vec![Op::Read {
+                    offset,
+                    buf: IoBuf::zeroed(len as usize),
+                }]
+            }
+            Request::Write { offset, len } => {
+                let mut buf = IoBuf::zeroed(len as usize);
+                let mut r = chain.reader();
+                r.consume(HEADER_LEN as usize);
+                if r.read_exact(&mut buf).is_err() {
+                    return self.complete(&chain, status::IOERR);
+                }
+                vec![Op::Write {
+                    offset,
+                    buf,
+                    fua: false,
+                }]
+            }
+            Request::Flush if self.flush => vec![Op::Flush],
+            Request::Flush => return self.complete(&chain, status::OK),
+            Request::GetId { len } => {
+                let n = (len as usize).min(ID_BYTES);
+                let ok = chain.writer().write_all(&self.serial[..n]).is_ok();
+                return self.complete(&chain, if ok { status::OK } else { status::IOERR });
+            }
+            Request::Discard(ranges) => ranges
+                .iter()
+                .map(|r| Op::Discard {
+                    offset: r.offset,
+                    len: r.len,
+                })
+                .collect(),
+            Request::WriteZeroes(ranges) => ranges
+                .iter()
+                .map(|r| Op::WriteZeroes {
+                    offset: r.offset,
+                    len: r.len,
+                    may_unmap: r.unmap,
+                    fast: false,
+                })
+                .collect(),
+        };
+        let read_len = match &ops[..] {
+            [Op::Read { buf, .. }] => u32::try_from(buf.len()).unwrap_or(0),
+            _ => 0,
+        };
+        let pending = u32::try_from(ops.len()).unwrap_or(u32::MAX);
+        let tag = slots.insert(InFlight {
+            chain,
+            read_len,
+            pending,
+            status: status::OK,
+        }) as u64;
+        for op in ops {
+            if let Err(full) = self.backend.submit(BlockRequest { tag, op }) {
+                // The backend refused: account the op as failed so the request completes.
+                self.finish_op(
+                    slots,
+                    Completion::new(
+                        full.0,
+                        Err(oxio_block::BlockError::from_errno("submit", libc::EAGAIN)),
+                    ),
+                );
+            }
+        }
+    }
+
+    fn reap(&mut self, slots: &mut Slots<'_>, completions: &mut Vec<Completion>) -> usize {
+        let n = self.backend.reap(completions);
+        for c in completions.drain(..) {
+            self.finish_op(slots, c);
+        }
+        n
+    }
+
+    fn finish_op(&mut self, slots: &mut Slots<'_>, c: Completion) {
+        let Ok(i) = usize::try_from(c.tag) else {
+            return;
+        };
+        let Some(Some(f)) = slots.slots.get_mut(i) else {
+            return;
+        };
+        match (&c.result, c.buf) {
+            (Err(e), _) => {
+                tracing::debug!(queue = self.index, error = %e, "backend request failed");
+                f.status = status::IOERR;
+            }
+            (Ok(()), Some(buf)) if f.read_len > 0 => {
+                let n = (f.read_len as usize).min(buf.len());
+                if f.chain.writer().write_all(&buf[..n]).is_err() {
+                    f.status = status::IOERR;
+                }
+            }
+            _ => {}
+        }
+        f.pending = f.pending.saturating_sub(1);
+        if f.pending == 0 {
+            if let Some(f) = slots.remove(i) {
+                self.complete(&f.chain, f.status);
+            }
+        }
+    }
+
+    /// Writes the status byte (the last writable byte) and completes the chain.
+    fn complete(&mut self, chain: &DescriptorChain<'_>, st: u8) {
+        let mut w = chain.writer();
+        w.skip(chain.writable_len().saturating_sub(1) as usize);
+        let _ = w.write_all(&[st]);
+        self.queue.add_used(chain.id(), chain.writable_len());
+    }
+}
