@@ -1,87 +1,22 @@
 //! oxio's kernel attach proven against the real Linux NBD driver inside a guest: a statically
 //! linked `oxmem-nbd` attaches memory to `/dev/nbdN` by ioctl and by netlink, and the guest
 //! puts a real ext4 filesystem on it.
-//!
-//! The memory backend stands in for OmniXtend until the OmniXtend block backend lands (then
-//! the same test runs with `--backend omnixtend` over a tap to a memory node on the host).
+//! Local memory and files are the backends here; tests/omnixtend_guest.rs puts the same
+//! filesystem on OmniXtend memory served from the host.
 
 // Helpers of a test may unwrap too: a panic there is a test failure.
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
+mod common;
 
-use oxio_guest_harness::Guest;
-
-/// Starts oxmem-nbd in the background, waits for its devices, and defines `stop_oxmem`, which
-/// sends SIGTERM and checks a clean exit.
-fn start(args: &str, devices: &[&str]) -> String {
-    let mut s = format!(
-        "oxmem-nbd {args} >/tmp/oxmem.log 2>&1 &
-         OXMEM=$!
-         stop_oxmem() {{
-             trap - EXIT
-             kill -TERM $OXMEM
-             rc=0; wait $OXMEM || rc=$?
-             cat /tmp/oxmem.log
-             [ $rc = 0 ] || {{ echo \"oxmem-nbd exited $rc\"; return 1; }}
-             grep -q detached /tmp/oxmem.log
-         }}
-         trap 'cat /tmp/oxmem.log' EXIT
-"
-    );
-    for dev in devices {
-        // oxmem-nbd prints "/dev/nbdN attached" (or "reconnected") once the kernel has it.
-        s.push_str(&format!(
-            "i=0
-             until grep -Eq '/dev/{dev} (attached|reconnected)' /tmp/oxmem.log; do
-                 i=$((i + 1)); [ $i -lt 300 ] || exit 1
-                 kill -0 $OXMEM || exit 1
-                 sleep 0.1
-             done
-"
-        ));
-    }
-    s
-}
-
-/// mkfs, mount, write files, remount after dropping caches, verify, umount, fsck.
-fn ext4_round_trip(dev: &str) -> String {
-    format!(
-        "oxio-guest fill /dev/{dev} 1M 2M 11
-         oxio-guest check /dev/{dev} 1M 2M 11
-         mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 /dev/{dev}
-         mount -t ext4 /dev/{dev} /mnt
-         dd if=/dev/urandom of=/mnt/random bs=1M count=8 2>/dev/null
-         mkdir /mnt/tree && cp -a /bin /lib /mnt/tree/
-         md5sum /mnt/random > /tmp/random.md5
-         (cd /mnt/tree && find . -type f | sort | xargs md5sum) > /tmp/tree.md5
-         umount /mnt
-         echo 3 > /proc/sys/vm/drop_caches
-         mount -t ext4 /dev/{dev} /mnt
-         md5sum -c /tmp/random.md5
-         (cd /mnt/tree && md5sum -c -s /tmp/tree.md5)
-         umount /mnt
-         e2fsck -fn /dev/{dev}
-"
-    )
-}
-
-fn guest(name: &str) -> Guest {
-    Guest::new(name)
-        .module_with_params("nbd", "nbds_max=4")
-        .host_program("mkfs.ext4")
-        .host_program("e2fsck")
-        .static_binary("oxio", "oxmem-nbd")
-        .memory_mib(768)
-        .timeout(Duration::from_secs(300))
-}
+use common::{ext4_round_trip, nbd_guest as guest, start_oxmem as start};
 
 #[test]
 fn oxmem_nbd_ioctl_attach_carries_ext4() {
     let script = start(
         "--backend memory --attach ioctl --size 128M --device /dev/nbd0",
         &["nbd0"],
-    ) + &ext4_round_trip("nbd0")
+    ) + &ext4_round_trip("nbd0", 8)
         // SIGUSR1 prints live statistics.
         + "kill -USR1 $OXMEM; sleep 0.5; grep -q 'nbd0: connections 1 (1 active)' /tmp/oxmem.log\n"
         + "stop_oxmem\n";
@@ -99,7 +34,7 @@ fn oxmem_nbd_netlink_attach_two_devices_two_connections() {
          cat /sys/block/nbd1/backend | grep -q oxmem-nbd
          oxio-guest fill /dev/nbd2 0 4M 22
 "
-        + &ext4_round_trip("nbd1")
+        + &ext4_round_trip("nbd1", 8)
         + "oxio-guest check /dev/nbd2 0 4M 22\n"
         + "stop_oxmem\n";
     let outcome = guest("nbd-oxmem-netlink").script(&script).run().unwrap();

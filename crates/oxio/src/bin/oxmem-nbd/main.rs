@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use oxio_block::file::{FileBackend, FileOptions};
 use oxio_block::memory::MemoryBackend;
+use oxio_block::omnixtend::OmnixtendBackend;
 use oxio_block::{parse_size, SharedBackend};
 use oxio_nbd::kernel::{
     prepare_process, AttachMethod, AttachOptions, Attachment, DeviceConfig, KernelError, ServeFn,
@@ -20,6 +21,11 @@ use oxio_nbd::kernel::{
 use oxio_nbd::server::{
     serve_transmission_blocking, Export, Shutdown, ShutdownTrigger, TransmissionMode,
 };
+use oxio_omnixtend::requester::{Requester, RequesterConfig};
+use oxio_omnixtend::transport::packet::PacketSocket;
+use oxio_omnixtend::transport::udp::UdpTransport;
+use oxio_omnixtend::transport::Transport;
+use oxio_omnixtend::wire::{LaneOrder, MacAddr};
 use window::Window;
 
 /// Expose OmniXtend remote memory as Linux block devices (/dev/nbdN).
@@ -51,9 +57,9 @@ struct Args {
     /// Split the memory into N equal devices.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     num: u32,
-    /// Where the blocks live: `omnixtend` is the seed's remote memory (needs --netdev and
-    /// --mac); `memory` is local RAM, a stand-in until the OmniXtend block backend lands;
-    /// `file:PATH` is a file or block device at least --size bytes long (with --num 1).
+    /// Where the blocks live: `omnixtend` is the seed's remote memory (needs --mac and
+    /// --netdev or --udp); `memory` is local RAM; `file:PATH` is a file or block device at
+    /// least --size bytes long.
     #[arg(long, default_value = "omnixtend", value_parser = parse_backend)]
     backend: Backend,
     /// How to attach: `ioctl` (the seed's NBD_DO_IT path) or `netlink` (nbd-client's default;
@@ -72,6 +78,21 @@ struct Args {
     /// Netlink only: seconds I/O waits for a reconnection once every connection is dead.
     #[arg(long, default_value_t = 0)]
     dead_conn_timeout: u64,
+    /// Reach the memory node over UDP at this address instead of raw Ethernet on --netdev.
+    #[arg(long, value_name = "ADDR")]
+    udp: Option<std::net::SocketAddr>,
+    /// Data byte order within each 8-byte flit: raw (the C driver's) or spec.
+    #[arg(long, default_value = "raw")]
+    lane_order: LaneOrder,
+    /// Behave like the C driver on the wire (for memory nodes that expect it).
+    #[arg(long)]
+    c_compat: bool,
+    /// MTU of the path to the memory node (default: the interface's; 1500 with --udp).
+    #[arg(long)]
+    mtu: Option<usize>,
+    /// Seconds to wait for the memory node to answer at start.
+    #[arg(long, default_value_t = 5)]
+    connect_timeout: u64,
     /// Netlink only: take over devices still attached from a previous oxmem-nbd that died
     /// (RECONFIGURE with fresh connections), instead of attaching new ones. Works while the
     /// devices' --dead-conn-timeout has not expired, and needs the same --backend and --base.
@@ -168,10 +189,11 @@ fn slices(args: &Args) -> Result<Vec<Slice>, String> {
         .collect()
 }
 
-/// The whole memory (all --num devices), which each device sees a window of.
-fn open_whole(args: &Args) -> Result<SharedBackend, BoxError> {
+/// The whole memory (all --num devices), which each device sees a window of, and the
+/// OmniXtend requester behind it (closed at exit, as the seed closed its connection).
+fn open_whole(args: &Args) -> Result<(SharedBackend, Option<Arc<Requester>>), BoxError> {
     match &args.backend {
-        Backend::Memory => Ok(Arc::new(MemoryBackend::new(args.size)?)),
+        Backend::Memory => Ok((Arc::new(MemoryBackend::new(args.size)?), None)),
         Backend::File(path) => {
             let backend: SharedBackend = Arc::new(FileBackend::open(path, FileOptions::default())?);
             let have = backend.capabilities().size;
@@ -183,20 +205,56 @@ fn open_whole(args: &Args) -> Result<SharedBackend, BoxError> {
                 )
                 .into());
             }
-            Ok(backend)
+            Ok((backend, None))
         }
         Backend::Omnixtend => {
-            let (Some(netdev), Some(mac)) = (&args.netdev, &args.mac) else {
-                return Err("--backend omnixtend needs --netdev and --mac".into());
-            };
-            Err(format!(
-                "the OmniXtend block backend is not available in this build yet (wanted {netdev} \
-                 -> {mac}, base {:#x}, {} bytes); use --backend memory for a local stand-in",
-                args.base, args.size
-            )
-            .into())
+            let requester = Arc::new(connect_omnixtend(args)?);
+            let name = format!("omnixtend:{}", args.mac.as_deref().unwrap_or_default());
+            let backend = Arc::new(OmnixtendBackend::new(Arc::clone(&requester), name));
+            Ok((backend, Some(requester)))
         }
     }
+}
+
+/// Opens the TLoE connection to the memory node.
+fn connect_omnixtend(args: &Args) -> Result<Requester, BoxError> {
+    let Some(mac) = args.mac.as_deref() else {
+        return Err("--backend omnixtend needs --mac (the memory node's MAC address)".into());
+    };
+    let node: MacAddr = mac.parse().map_err(|e| format!("--mac {mac}: {e}"))?;
+    let (transport, local, mtu): (Box<dyn Transport>, MacAddr, usize) =
+        match (&args.netdev, args.udp) {
+            (Some(dev), _) => {
+                let sock = PacketSocket::open(dev).map_err(|e| {
+                    format!("cannot open a raw socket on {dev}: {e} (needs root or CAP_NET_RAW)")
+                })?;
+                let (local, mtu) = (sock.mac(), args.mtu.unwrap_or(sock.mtu()));
+                (Box::new(sock), local, mtu)
+            }
+            (None, Some(addr)) => {
+                let any = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+                let udp = UdpTransport::bind(any, Some(addr))?;
+                (
+                    Box::new(udp),
+                    MacAddr([2, 0, 0, 0, 0, 1]),
+                    args.mtu.unwrap_or(1500),
+                )
+            }
+            (None, None) => {
+                return Err(
+                    "--backend omnixtend needs --netdev IF (raw Ethernet) or --udp ADDR".into(),
+                )
+            }
+        };
+    let mut cfg = RequesterConfig::new(local, node, args.size).with_mtu(mtu);
+    cfg.base = args.base;
+    cfg.lane_order = args.lane_order;
+    if args.c_compat {
+        cfg = cfg.c_compatible();
+    }
+    tracing::info!(%node, %local, mtu, base = args.base, size = args.size, "connecting to the memory node");
+    Requester::connect(cfg, transport, Duration::from_secs(args.connect_timeout))
+        .map_err(|e| format!("cannot reach the memory node {node}: {e}").into())
 }
 
 fn backend_name(backend: &Backend) -> String {
@@ -269,7 +327,7 @@ fn run(args: &Args) -> Result<(), BoxError> {
     let report = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&report))?;
     let slices = slices(args)?;
-    let whole = open_whole(args)?;
+    let (whole, requester) = open_whole(args)?;
     let (trigger, _) = Shutdown::new();
     let mut devices = Vec::new();
     for slice in slices {
@@ -293,6 +351,7 @@ fn run(args: &Args) -> Result<(), BoxError> {
             Err(err) => {
                 shutdown_all(&devices, &trigger);
                 let _ = wait_all(devices); // The attach error is the one to report.
+                close(requester.as_deref());
                 return Err(err);
             }
         }
@@ -313,7 +372,20 @@ fn run(args: &Args) -> Result<(), BoxError> {
         println!("oxmem-nbd: signal received, disconnecting");
         shutdown_all(&devices, &trigger);
     }
-    wait_all(devices)
+    let result = wait_all(devices);
+    close(requester.as_deref());
+    result
+}
+
+/// Finishes the requester's in-flight transfers and closes the TLoE connection.
+fn close(requester: Option<&Requester>) {
+    if let Some(requester) = requester {
+        requester.shutdown();
+        println!(
+            "oxmem-nbd: OmniXtend connection closed; {:?}",
+            requester.stats()
+        );
+    }
 }
 
 /// Asks the kernel to disconnect each device; if a device does not let go within 10 s, the
@@ -350,6 +422,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     match run(&args) {
@@ -412,9 +485,12 @@ mod tests {
         assert!(parse_backend("tape").is_err());
         let a = args(&[]);
         let err = open_whole(&a).err().unwrap().to_string();
-        assert!(err.contains("--netdev and --mac"), "{err}");
-        let a = args(&["--netdev=eth0", "--mac=04:3f:72:dd:0b:05"]);
+        assert!(err.contains("needs --mac"), "{err}");
+        let a = args(&["--mac=04:3f:72:dd:0b:05"]);
         let err = open_whole(&a).err().unwrap().to_string();
-        assert!(err.contains("--backend memory"), "{err}");
+        assert!(err.contains("--netdev IF"), "{err}");
+        let a = args(&["--mac=nonsense", "--netdev=lo"]);
+        let err = open_whole(&a).err().unwrap().to_string();
+        assert!(err.contains("--mac nonsense"), "{err}");
     }
 }
