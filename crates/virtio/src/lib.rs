@@ -25,6 +25,8 @@ pub mod mock;
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing_blk;
 
 pub use device::{DeviceError, VirtioDevice};
 pub use interrupt::{EventFdInterrupt, Interrupt};

@@ -97,23 +97,8 @@ impl VirtioDevice for Block {
     ) -> Result<(), DeviceError> {
         let _ = self.stop_workers();
         for aq in queues {
-            let backend = self
-                .backend
-                .open_queue(self.cfg.depth + self.cfg.max_range_segments as usize)
-                .map_err(|e| DeviceError::Activate(std::io::Error::other(e)))?;
             let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::Activate)?;
-            let worker = Worker {
-                index: aq.index,
-                queue: aq.queue,
-                kick: aq.kick,
-                stop: stop.try_clone().map_err(DeviceError::Activate)?,
-                interrupt: interrupt.clone(),
-                backend,
-                limits: self.limits(),
-                serial: self.serial(),
-                depth: self.cfg.depth,
-                flush: self.caps.flush,
-            };
+            let worker = self.worker(aq.index, aq.queue, aq.kick, &stop, interrupt.clone())?;
             let mem = mem.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("virtio-blk-q{}", aq.index))
@@ -132,6 +117,46 @@ impl VirtioDevice for Block {
 }
 
 impl Block {
+    fn worker(
+        &self,
+        index: u16,
+        queue: crate::queue::Queue,
+        kick: EventFd,
+        stop: &EventFd,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> Result<Worker, DeviceError> {
+        let depth = self.cfg.depth + self.cfg.max_range_segments as usize;
+        let backend = self
+            .backend
+            .open_queue(depth)
+            .map_err(|e| DeviceError::Activate(std::io::Error::other(e)))?;
+        Ok(Worker {
+            index,
+            queue,
+            kick,
+            stop: stop.try_clone().map_err(DeviceError::Activate)?,
+            interrupt,
+            backend,
+            limits: self.limits(),
+            serial: self.serial(),
+            depth: self.cfg.depth,
+            flush: self.caps.flush,
+            pool: Default::default(),
+        })
+    }
+
+    /// One queue driven by the caller instead of a worker thread, with the same request
+    /// handling: for benchmarks and fuzzing. Negotiate features first (`set_features`).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn direct_queue(&self, queue: crate::queue::Queue) -> Result<DirectQueue, DeviceError> {
+        let fd = || EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::Activate);
+        let irq = crate::interrupt::EventFdInterrupt::with_new_eventfds(1)
+            .map_err(DeviceError::Activate)?;
+        Ok(DirectQueue {
+            worker: self.worker(0, queue, fd()?, &fd()?, Arc::new(irq))?,
+        })
+    }
+
     /// Stops the workers after they drain their requests in flight; returns queue states.
     fn stop_workers(&mut self) -> Vec<(u16, QueueState)> {
         for (stop, _) in &self.workers {
@@ -153,5 +178,26 @@ impl Block {
 impl Drop for Block {
     fn drop(&mut self) {
         let _ = self.reset();
+    }
+}
+
+/// See [`Block::direct_queue`].
+#[cfg(any(test, feature = "test-utils"))]
+#[derive(Debug)]
+pub struct DirectQueue {
+    worker: Worker,
+}
+
+#[cfg(any(test, feature = "test-utils"))]
+impl DirectQueue {
+    /// Serves every request available now and waits until the backend finished them; returns
+    /// `false` once the queue is broken (the driver would have to reset it).
+    pub fn run_until_idle(&mut self, mem: &GuestMemory) -> bool {
+        self.worker.run_until_idle(mem)
+    }
+
+    /// The queue's counters.
+    pub fn stats(&self) -> crate::queue::QueueStats {
+        self.worker.queue.stats()
     }
 }

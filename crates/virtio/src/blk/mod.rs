@@ -14,6 +14,8 @@ mod worker;
 
 pub use config::{offered_features, BlockConfig, ConfigSpace};
 pub use device::Block;
+#[cfg(any(test, feature = "test-utils"))]
+pub use device::DirectQueue;
 
 /// Sector size the protocol counts in, whatever the device's block size.
 pub const SECTOR_SIZE: u64 = 512;

@@ -35,7 +35,37 @@ struct InFlight<'m> {
     status: u8,
 }
 
+/// Data buffers handed back by completed requests, reused so the hot path neither
+/// allocates nor zeroes. Bounded in count and per-buffer size.
+#[derive(Debug, Default)]
+pub(crate) struct BufPool {
+    free: Vec<IoBuf>,
+}
+
+impl BufPool {
+    const MAX_BUFS: usize = 64;
+    const MAX_LEN: usize = 1 << 20;
+
+    /// A buffer of exactly `len` bytes (contents unspecified: the caller overwrites them).
+    fn take(&mut self, len: usize) -> IoBuf {
+        if let Some(i) = self.free.iter().rposition(|b| b.capacity() >= len) {
+            let mut b = self.free.swap_remove(i);
+            if b.set_len(len) {
+                return b;
+            }
+        }
+        IoBuf::zeroed(len)
+    }
+
+    fn give(&mut self, buf: IoBuf) {
+        if self.free.len() < Self::MAX_BUFS && buf.capacity() <= Self::MAX_LEN {
+            self.free.push(buf);
+        }
+    }
+}
+
 /// Everything one queue's thread owns.
+#[derive(Debug)]
 pub(crate) struct Worker {
     pub(crate) index: u16,
     pub(crate) queue: Queue,
@@ -47,8 +77,10 @@ pub(crate) struct Worker {
     pub(crate) serial: [u8; ID_BYTES],
     pub(crate) depth: usize,
     pub(crate) flush: bool,
+    pub(crate) pool: BufPool,
 }
 
+#[derive(Default)]
 struct Slots<'m> {
     slots: Vec<Option<InFlight<'m>>>,
     free: Vec<usize>,
@@ -96,38 +128,13 @@ impl Worker {
         add(self.kick.as_raw_fd(), KICK)?;
         add(self.backend.notifier().as_raw_fd(), BACKEND)?;
         add(self.stop.as_raw_fd(), STOP)?;
-        let mut slots = Slots {
-            slots: Vec::new(),
-            free: Vec::new(),
-            used: 0,
-        };
+        let mut slots = Slots::default();
         let mut completions = Vec::new();
         let mut events = [EpollEvent::default(); 3];
         let mut stopping = false;
         let mut broken = false;
         loop {
-            // Until nothing moves: completions free room, room lets more requests start, and
-            // backends that complete inline (memory) do so at commit without signalling.
-            loop {
-                let reaped = self.reap(&mut slots, &mut completions);
-                let started = if stopping || broken {
-                    0
-                } else {
-                    self.serve(mem, &mut slots).unwrap_or_else(|e| {
-                        tracing::error!(queue = self.index, error = %e, "queue is broken until reset");
-                        broken = true;
-                        0
-                    })
-                };
-                if reaped == 0 && started == 0 {
-                    break;
-                }
-            }
-            if self.queue.publish_used() {
-                if let Err(e) = self.interrupt.signal_used(self.index) {
-                    tracing::warn!(queue = self.index, error = %e, "cannot signal the driver");
-                }
-            }
+            self.pump(mem, &mut slots, &mut completions, stopping, &mut broken);
             if stopping && slots.used == 0 {
                 return Ok(());
             }
@@ -147,6 +154,61 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// One turn of the loop without waiting: reaps and starts requests until nothing moves
+    /// (completions free room, room lets more requests start, and backends that complete
+    /// inline, like memory, do so at commit without signalling), then publishes the used ring
+    /// once and interrupts at most once.
+    fn pump<'m>(
+        &mut self,
+        mem: &'m GuestMemory,
+        slots: &mut Slots<'m>,
+        completions: &mut Vec<Completion>,
+        stopping: bool,
+        broken: &mut bool,
+    ) {
+        loop {
+            let reaped = self.reap(slots, completions);
+            let started = if stopping || *broken {
+                0
+            } else {
+                self.serve(mem, slots).unwrap_or_else(|e| {
+                    tracing::error!(queue = self.index, error = %e, "queue is broken until reset");
+                    *broken = true;
+                    0
+                })
+            };
+            if reaped == 0 && started == 0 {
+                break;
+            }
+        }
+        if self.queue.publish_used() {
+            if let Err(e) = self.interrupt.signal_used(self.index) {
+                tracing::warn!(queue = self.index, error = %e, "cannot signal the driver");
+            }
+        }
+    }
+
+    /// Serves everything available now and waits for the backend to finish it (for
+    /// benchmarks and fuzzing, which drive the device without threads). Returns `false` once
+    /// the queue is broken.
+    pub(crate) fn run_until_idle(&mut self, mem: &GuestMemory) -> bool {
+        let mut slots = Slots::default();
+        let mut completions = Vec::new();
+        let mut broken = false;
+        self.pump(mem, &mut slots, &mut completions, false, &mut broken);
+        while slots.used > 0 {
+            let mut fds = [libc::pollfd {
+                fd: self.backend.notifier().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
+            unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) };
+            self.pump(mem, &mut slots, &mut completions, true, &mut broken);
+        }
+        !broken
     }
 
     /// Pops and starts requests while there is room; returns how many it started, once the
@@ -189,7 +251,7 @@ impl Worker {
                 }]
             }
             Request::Write { offset, len } => {
-                let mut buf = IoBuf::zeroed(len as usize);
+                let mut buf = self.pool.take(len as usize);
                 let mut r = chain.reader();
                 r.consume(HEADER_LEN as usize);
                 if r.read_exact(&mut buf).is_err() {
@@ -265,18 +327,17 @@ impl Worker {
         let Some(Some(f)) = slots.slots.get_mut(i) else {
             return;
         };
-        match (&c.result, c.buf) {
-            (Err(e), _) => {
-                tracing::debug!(queue = self.index, error = %e, "backend request failed");
+        if let Err(e) = &c.result {
+            tracing::debug!(queue = self.index, error = %e, "backend request failed");
+            f.status = status::IOERR;
+        } else if let (Some(buf), true) = (&c.buf, f.read_len > 0) {
+            let n = (f.read_len as usize).min(buf.len());
+            if f.chain.writer().write_all(&buf[..n]).is_err() {
                 f.status = status::IOERR;
             }
-            (Ok(()), Some(buf)) if f.read_len > 0 => {
-                let n = (f.read_len as usize).min(buf.len());
-                if f.chain.writer().write_all(&buf[..n]).is_err() {
-                    f.status = status::IOERR;
-                }
-            }
-            _ => {}
+        }
+        if let Some(buf) = c.buf {
+            self.pool.give(buf);
         }
         f.pending = f.pending.saturating_sub(1);
         if f.pending == 0 {
