@@ -36,6 +36,7 @@ impl Bytes<'_> {
 }
 
 const MEM: u64 = 4 << 20;
+const MEM_USIZE: usize = 4 << 20;
 const DISK: u64 = 1 << 20;
 
 /// Runs one program; returns how many requests the device served.
@@ -65,7 +66,7 @@ pub fn run(data: &[u8]) -> u64 {
     };
     let mut dev = Block::new(Arc::new(backend), cfg);
     let _ = dev.set_features(dev.device_features());
-    let Ok(mem) = GuestMemory::anonymous(&[(0, MEM as usize)]) else {
+    let Ok(mem) = GuestMemory::anonymous(&[(0, MEM_USIZE)]) else {
         return 0;
     };
     let mut d = MockDriver::new(
