@@ -15,7 +15,10 @@ use crate::memory::GuestMemory;
 use crate::mock::{Buf, MockDriver, MockLayout, Placement};
 use crate::queue::{DescriptorChain, OwnedDescriptorChain, Queue, RawDescriptor, RingFeatures};
 
-const MEM: u64 = 1 << 20;
+/// Guest memory: two back-to-back regions of `HALF` bytes (chains may cross between them).
+/// Small, because every run zeroes it; the largest fuzzed ring (512 entries) needs 16 KiB.
+const HALF: usize = 1 << 17;
+const MEM: u64 = 2 * HALF as u64;
 
 /// One step of a fuzz program.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,14 +225,14 @@ fn decode_op(b: &mut Bytes<'_>) -> Option<Op> {
 
 thread_local! {
     static MEMORY: Option<GuestMemory> =
-        GuestMemory::anonymous(&[(0, 1 << 19), (1 << 19, 1 << 19)]).ok();
+        GuestMemory::anonymous(&[(0, HALF), (HALF as u64, HALF)]).ok();
 }
 
 /// Two back-to-back regions, reused between runs and zeroed so each run is deterministic.
 fn fresh_memory() -> Option<GuestMemory> {
     let mem = MEMORY.with(Clone::clone)?;
-    let zeros = vec![0u8; 1 << 19];
-    for base in [0u64, 1 << 19] {
+    let zeros = vec![0u8; HALF];
+    for base in [0u64, HALF as u64] {
         vm_memory::Bytes::write_slice(mem.mmap(), &zeros, vm_memory::GuestAddress(base)).ok()?;
     }
     Some(mem)
