@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use oxio_omnixtend::requester::{IoError, Requester};
@@ -92,6 +92,7 @@ impl BlockBackend for OmnixtendBackend {
             shared: Arc::new(Shared {
                 done: Mutex::new(Vec::new()),
                 signal,
+                signalled: AtomicBool::new(false),
             }),
             notifier,
             in_flight: 0,
@@ -110,6 +111,8 @@ impl BlockBackend for OmnixtendBackend {
 struct Shared {
     done: Mutex<Vec<Completion>>,
     signal: Arc<Notifier>,
+    /// The eventfd was signalled since the last reap: one write per batch, not per request.
+    signalled: AtomicBool,
 }
 
 impl Shared {
@@ -120,7 +123,9 @@ impl Shared {
 
     fn push(&self, c: Completion) {
         self.lock().push(c);
-        self.signal.signal();
+        if !self.signalled.swap(true, Ordering::AcqRel) {
+            self.signal.signal();
+        }
     }
 }
 
@@ -247,6 +252,8 @@ impl BlockQueue for OmnixtendQueue {
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
         self.notifier.clear();
+        // Completions pushed after this point signal again.
+        self.shared.signalled.store(false, Ordering::Release);
         let mut done = self.shared.lock();
         let n = done.len();
         out.append(&mut done);

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
@@ -189,7 +189,41 @@ fn next_offset(state: &mut u64, slots: u64) -> u64 {
     *state % slots.max(1)
 }
 
-type Done = (Instant, Result<Vec<u8>, IoError>);
+/// (submitted, completed, result).
+type Done = (Instant, Instant, Result<Vec<u8>, IoError>);
+
+/// Completions handed from the requester's I/O thread to the probe thread in batches: the
+/// I/O thread only wakes the probe thread when it is actually waiting.
+#[derive(Default)]
+struct Mailbox {
+    done: Mutex<Vec<Done>>,
+    ready: Condvar,
+    waiting: AtomicBool,
+}
+
+impl Mailbox {
+    fn post(&self, d: Done) {
+        self.done.lock().unwrap_or_else(|e| e.into_inner()).push(d);
+        if self.waiting.load(Ordering::SeqCst) {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Waits up to `timeout` for completions and takes them all.
+    fn take(&self, out: &mut Vec<Done>, timeout: Duration) {
+        let mut q = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        if q.is_empty() {
+            self.waiting.store(true, Ordering::SeqCst);
+            q = self
+                .ready
+                .wait_timeout_while(q, timeout, |q| q.is_empty())
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            self.waiting.store(false, Ordering::SeqCst);
+        }
+        out.append(&mut q);
+    }
+}
 
 fn run_phase(
     req: &Requester,
@@ -202,15 +236,13 @@ fn run_phase(
     if slots == 0 {
         return Err("--block is larger than --size".into());
     }
-    let (tx, rx) = mpsc::channel::<Done>();
+    let mailbox = Arc::new(Mailbox::default());
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let submit = |buf: Vec<u8>, seed: &mut u64| {
         let off = next_offset(seed, slots) * args.block;
-        let tx = tx.clone();
+        let mb = mailbox.clone();
         let start = Instant::now();
-        let done = move |r| {
-            let _ = tx.send((start, r));
-        };
+        let done = move |r| mb.post((start, Instant::now(), r));
         if write {
             req.submit_write(off, buf, done);
         } else {
@@ -234,19 +266,23 @@ fn run_phase(
         lat: Vec::new(),
     };
     let mut outstanding = args.depth.max(1);
+    let mut batch = Vec::new();
     while outstanding > 0 {
-        let (t0, r) = rx
-            .recv_timeout(Duration::from_secs(15))
-            .map_err(|_| "the memory node stopped answering")?;
+        mailbox.take(&mut batch, Duration::from_secs(15));
+        if batch.is_empty() {
+            return Err("the memory node stopped answering".into());
+        }
         let now = Instant::now();
-        outstanding -= 1;
-        let buf = r?;
-        phase.lat.push(now - t0);
-        phase.ops += 1;
-        phase.bytes += args.block;
-        if now < end && !stop.load(Ordering::Relaxed) {
-            submit(buf, &mut seed);
-            outstanding += 1;
+        for (t0, t1, r) in batch.drain(..) {
+            outstanding -= 1;
+            let buf = r?;
+            phase.lat.push(t1 - t0);
+            phase.ops += 1;
+            phase.bytes += args.block;
+            if now < end && !stop.load(Ordering::Relaxed) {
+                submit(buf, &mut seed);
+                outstanding += 1;
+            }
         }
     }
     phase.elapsed = start.elapsed();
