@@ -21,7 +21,7 @@ const POOL_MAX: usize = 64;
 /// Largest buffer kept for reuse.
 const POOL_BUF_MAX: usize = 1 << 20;
 /// Most slices handed to one `writev`.
-const MAX_IOV: usize = 64;
+pub(crate) const MAX_IOV: usize = 64;
 
 enum Segment {
     Bytes(Vec<u8>),
@@ -184,17 +184,19 @@ impl Outbox {
         });
     }
 
-    /// Fills `iov` with the unwritten bytes, front first.
-    pub(crate) fn slices<'a>(&'a self, iov: &mut Vec<IoSlice<'a>>) {
-        for (i, seg) in self.segments.iter().take(MAX_IOV).enumerate() {
+    /// Fills `iov` with the unwritten bytes, front first; returns how many slices it used.
+    pub(crate) fn slices<'a>(&'a self, iov: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
+        let mut n = 0;
+        for (slot, (i, seg)) in iov.iter_mut().zip(self.segments.iter().enumerate()) {
             let bytes = seg.bytes();
-            let bytes = if i == 0 {
+            *slot = IoSlice::new(if i == 0 {
                 &bytes[self.front_pos..]
             } else {
                 bytes
-            };
-            iov.push(IoSlice::new(bytes));
+            });
+            n += 1;
         }
+        n
     }
 
     /// Marks `n` bytes as written.
@@ -232,10 +234,10 @@ mod tests {
     fn drain(o: &mut Outbox) -> Vec<u8> {
         let mut all = Vec::new();
         while !o.is_empty() {
-            let mut iov = Vec::new();
-            o.slices(&mut iov);
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let used = o.slices(&mut iov);
             // Write in awkward pieces to exercise partial advances.
-            let flat: Vec<u8> = iov.iter().flat_map(|s| s.iter().copied()).collect();
+            let flat: Vec<u8> = iov[..used].iter().flat_map(|s| s.iter().copied()).collect();
             let n = flat.len().min(7);
             all.extend_from_slice(&flat[..n]);
             drop(iov);

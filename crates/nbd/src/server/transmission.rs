@@ -21,7 +21,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::export::{Export, TransmissionMode};
-use super::outbox::{Outbox, ReplyTo};
+use super::outbox::{Outbox, ReplyTo, MAX_IOV};
 use super::stats::ConnStats;
 use super::validate::{errno, payload_len, validate};
 use super::{block_status, Result, ServerError, Shutdown};
@@ -230,9 +230,9 @@ impl Conn {
         stream: &mut S,
     ) -> Poll<Result<Event>> {
         if !self.out.is_empty() {
-            let mut iov: Vec<IoSlice<'_>> = Vec::new();
-            self.out.slices(&mut iov);
-            match Pin::new(&mut *stream).poll_write_vectored(cx, &iov) {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let used = self.out.slices(&mut iov);
+            match Pin::new(&mut *stream).poll_write_vectored(cx, &iov[..used]) {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(ServerError::Io(
                         "writing replies",
