@@ -30,6 +30,8 @@ pub struct EndpointConfig {
     /// An Open from a connected peer within this time of its previous Open is taken as a
     /// duplicate; after it, as a restarted peer (the connection is reset).
     pub reopen_guard: Duration,
+    /// A peer that sends nothing for this long is forgotten (it reopens to come back).
+    pub idle_timeout: Duration,
     /// Initial retransmission timeout.
     pub retransmit_timeout: Duration,
     /// Delayed-ACK bound.
@@ -48,6 +50,7 @@ impl EndpointConfig {
             rx_window: 1 << 16,
             max_peers: 64,
             reopen_guard: Duration::from_millis(250),
+            idle_timeout: Duration::from_secs(600),
             retransmit_timeout: Duration::from_millis(10),
             ack_delay: Duration::from_micros(50),
         }
@@ -93,6 +96,8 @@ struct Peer {
     link: Link,
     responses: Responses,
     opened_at: Instant,
+    /// Last frame accepted from this peer (idle peers are forgotten).
+    last_rx: Instant,
 }
 
 /// The memory node state machine (no I/O).
@@ -175,6 +180,7 @@ impl EndpointCore {
             let Some(peer) = self.peers.get_mut(&src) else {
                 return false;
             };
+            peer.last_rx = now;
             let mut exec = Executor {
                 mem: &mut self.mem,
                 order: self.cfg.lane_order,
@@ -205,10 +211,31 @@ impl EndpointCore {
         false
     }
 
+    /// Makes room for a new peer by forgetting the one idle longest, if it has been idle for
+    /// at least a second (so a flood of Opens cannot push out active peers).
+    fn evict_idlest(&mut self, now: Instant) -> bool {
+        let idlest = self
+            .peers
+            .iter()
+            .min_by_key(|(_, p)| p.last_rx)
+            .map(|(m, p)| (*m, p.last_rx));
+        match idlest {
+            Some((mac, last)) if now.saturating_duration_since(last) >= Duration::from_secs(1) => {
+                tracing::info!(peer = %mac, "peer table full; forgetting the idlest peer");
+                self.peers.remove(&mac);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn admit(&mut self, now: Instant, src: MacAddr, msg_type: MessageType) -> bool {
         let opening = msg_type == MessageType::Open
             || (self.cfg.compat.tolerant_receive && msg_type != MessageType::AckOnly);
-        if !opening || self.peers.len() >= self.cfg.max_peers {
+        if !opening {
+            return false;
+        }
+        if self.peers.len() >= self.cfg.max_peers && !self.evict_idlest(now) {
             return false;
         }
         tracing::info!(peer = %src, "connection opened");
@@ -220,6 +247,7 @@ impl EndpointCore {
                 link,
                 responses: Responses::default(),
                 opened_at: now,
+                last_rx: now,
             },
         );
         self.stats.connections += 1;
@@ -242,12 +270,16 @@ impl EndpointCore {
             };
             sent += peer.link.poll_transmit(now, &mut src, budget, out);
         }
+        let idle_timeout = self.cfg.idle_timeout;
         self.peers.retain(|mac, p| {
             let done = p.link.peer_closed() && p.link.close_complete();
+            let idle = now.saturating_duration_since(p.last_rx) >= idle_timeout;
             if done {
                 tracing::info!(peer = %mac, "connection closed");
+            } else if idle {
+                tracing::info!(peer = %mac, "connection idle for {idle_timeout:?}; forgotten");
             }
-            !done
+            !done && !idle
         });
         sent
     }
@@ -307,4 +339,62 @@ pub fn serve_with(
         transport.recv(Some(wait), &mut |f| core.receive(Instant::now(), f))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{EthernetRepr, FrameBuilder, Seq, TloeHeader, ETHERTYPE_OMNIXTEND};
+
+    fn open_from(mac: MacAddr, node: MacAddr) -> Vec<u8> {
+        let eth = EthernetRepr {
+            dst: node,
+            src: mac,
+            ethertype: ETHERTYPE_OMNIXTEND,
+        };
+        let h = TloeHeader::new(MessageType::Open, Seq::new(0), Seq::MAX, false);
+        let mut buf = Vec::new();
+        FrameBuilder::new(&mut buf, &eth, &h, 1514).finish(5);
+        buf
+    }
+
+    #[test]
+    fn a_full_peer_table_forgets_idle_peers_but_not_active_ones() {
+        let node = MacAddr::local(1000);
+        let mut cfg = EndpointConfig::new(node);
+        cfg.max_peers = 2;
+        let mut core = EndpointCore::new(cfg, Memory::anonymous(4096, 0).unwrap());
+        let t0 = Instant::now();
+        core.receive(t0, &open_from(MacAddr::local(1), node));
+        core.receive(t0, &open_from(MacAddr::local(2), node));
+        core.receive(t0, &open_from(MacAddr::local(3), node));
+        assert_eq!(core.stats().peers, 2);
+        assert_eq!(core.stats().dropped, 1, "active peers are not pushed out");
+        core.receive(
+            t0 + Duration::from_secs(2),
+            &open_from(MacAddr::local(3), node),
+        );
+        assert_eq!(core.stats().peers, 2);
+        assert_eq!(core.stats().connections, 3);
+        // Peers idle past the idle timeout are forgotten.
+        core.poll_transmit(t0 + Duration::from_secs(3600), 8, &mut |_| ());
+        assert_eq!(core.stats().peers, 0);
+    }
+
+    #[test]
+    fn frames_for_other_macs_and_from_unknown_peers_are_dropped() {
+        let node = MacAddr::local(1000);
+        let mut core = EndpointCore::new(
+            EndpointConfig::new(node),
+            Memory::anonymous(4096, 0).unwrap(),
+        );
+        let now = Instant::now();
+        core.receive(now, &open_from(MacAddr::local(1), MacAddr::local(999)));
+        let mut normal = open_from(MacAddr::local(1), node);
+        normal[14] = 0; // a Normal frame before any Open
+        core.receive(now, &normal);
+        core.receive(now, &[0u8; 10]);
+        assert_eq!(core.stats().dropped, 3);
+        assert_eq!(core.stats().peers, 0);
+    }
 }
