@@ -240,7 +240,6 @@ mod tests {
             let flat: Vec<u8> = iov[..used].iter().flat_map(|s| s.iter().copied()).collect();
             let n = flat.len().min(7);
             all.extend_from_slice(&flat[..n]);
-            drop(iov);
             o.advance(n);
         }
         all
