@@ -63,18 +63,22 @@ fi
 # 3. The guest kernel: the package linux-image-cloud-amd64 depends on, unpacked, depmod'ed.
 if [ ! -s "$cache/kernel.env" ] || ! (. "$cache/kernel.env" && [ -f "$KERNEL_IMAGE" ] &&
     [ -f "$MODULES_DIR/lib/modules/$KERNEL_VERSION/modules.dep" ]); then
-    pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-        awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-    if [ -z "$pkg" ]; then
-        apt_update_once
-        pkg=$(apt-cache depends linux-image-cloud-amd64 |
-            awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-    fi
-    [ -n "$pkg" ] || { echo "20-guest: cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
-    version=${pkg#linux-image-}
+    resolve_kernel() {
+        apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+            awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
+    }
     work=$(mktemp -d "$cache/kernel.XXXXXX")
     trap 'rm -rf "$work"' EXIT
-    (cd "$work" && apt-get -o APT::Sandbox::User=root download -qq "$pkg")
+    pkg=$(resolve_kernel)
+    # Stale or missing package lists: refresh once and resolve again.
+    if [ -z "$pkg" ] ||
+        ! (cd "$work" && apt-get -o APT::Sandbox::User=root download -qq "$pkg"); then
+        apt_update_once
+        pkg=$(resolve_kernel)
+        [ -n "$pkg" ] || { echo "20-guest: cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
+        (cd "$work" && apt-get -o APT::Sandbox::User=root download -qq "$pkg")
+    fi
+    version=${pkg#linux-image-}
     dpkg -x "$work"/"$pkg"_*.deb "$work/tree"
     depmod -b "$work/tree" "$version"
     rm -rf "$cache/kernel"
