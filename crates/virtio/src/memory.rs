@@ -102,15 +102,14 @@ impl GuestMemory {
     pub(crate) fn translate(&self, addr: u64, len: u64, hint: &mut usize) -> Option<*mut u8> {
         let regions = &self.inner.regions;
         let end = addr.checked_add(len)?;
-        let idx = match regions.get(*hint) {
-            Some(r) if r.start <= addr && addr < r.end => *hint,
+        let r = match regions.get(*hint) {
+            Some(r) if r.start <= addr && addr < r.end => r,
             _ => {
                 let idx = self.find(addr)?;
                 *hint = idx;
-                idx
+                regions.get(idx)?
             }
         };
-        let r = regions.get(idx)?;
         // An empty range at the very end of a region is fine; past the end is not.
         if end > r.end {
             return None;

@@ -267,7 +267,7 @@ impl<'c, 'm> ChainBuilder<'c, 'm> {
         chain: &'c mut DescriptorChain<'m>,
         mem: &'m GuestMemory,
         hint: usize,
-        max_segments: usize,
+        max_segments: u32,
     ) -> Self {
         chain.n = 0;
         chain.first_writable = u32::MAX;
@@ -278,7 +278,7 @@ impl<'c, 'm> ChainBuilder<'c, 'm> {
             chain,
             mem,
             hint,
-            max_segments: u32::try_from(max_segments).unwrap_or(u32::MAX),
+            max_segments,
             readable: 0,
             writable: 0,
         }

@@ -74,7 +74,7 @@ use split::SplitRing;
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 
 /// Default cap on segments per chain; see [`Queue::set_max_segments`].
-pub const DEFAULT_MAX_SEGMENTS: usize = 1024;
+pub const DEFAULT_MAX_SEGMENTS: u32 = 1024;
 
 /// Errors that leave the queue unusable until the driver resets it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -216,7 +216,7 @@ pub struct Queue {
     ready: bool,
     addrs: RingAddresses,
     features: RingFeatures,
-    max_segments: usize,
+    max_segments: u32,
     /// Where the rings start after (re)activation: restored or initial indices.
     start: QueueState,
     ring: Option<Ring>,
@@ -311,7 +311,7 @@ impl Queue {
 
     /// Caps the segments one chain may have (default [`DEFAULT_MAX_SEGMENTS`]); longer
     /// chains are completed as invalid. Bounds the memory a hostile driver can make us use.
-    pub fn set_max_segments(&mut self, max: usize) {
+    pub fn set_max_segments(&mut self, max: u32) {
         self.max_segments = max.max(1);
     }
 
