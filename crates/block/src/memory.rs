@@ -10,7 +10,7 @@
 
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, RwLock};
 
 use crate::{
     BlockBackend, BlockError, BlockQueue, BlockSizes, Capabilities, Completion, Extent, Notifier,
@@ -213,6 +213,8 @@ impl BlockBackend for MemoryBackend {
             done: Vec::with_capacity(depth),
             depth: depth.max(1),
             notifier: Notifier::new()?,
+            offload: None,
+            offloaded: 0,
         }))
     }
 
@@ -237,7 +239,14 @@ impl BlockBackend for MemoryBackend {
     }
 }
 
-/// A queue on a [`MemoryBackend`]; every request completes inside `submit`.
+/// Reads and writes at least this large are copied on worker threads, so one connection
+/// can use several cores for bulk transfers while its own thread keeps the socket busy.
+const OFFLOAD_MIN: usize = 256 << 10;
+/// Worker threads per queue for large copies.
+const OFFLOAD_WORKERS: usize = 2;
+
+/// A queue on a [`MemoryBackend`]. Small requests complete inside `submit`; large reads and
+/// writes go to two worker threads and complete through the notifier.
 #[derive(Debug)]
 struct MemoryQueue {
     store: Arc<Store>,
@@ -245,12 +254,97 @@ struct MemoryQueue {
     done: Vec<Completion>,
     depth: usize,
     notifier: Notifier,
+    offload: Option<Offload>,
+    offloaded: usize,
+}
+
+/// Worker threads for large copies, started on first use.
+#[derive(Debug)]
+struct Offload {
+    tx: Option<mpsc::Sender<Request>>,
+    done: Arc<Mutex<Vec<Completion>>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Offload {
+    fn start(store: &Arc<Store>, caps: Capabilities, notifier: &Notifier) -> Result<Self> {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let rx = Arc::new(Mutex::new(rx));
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let mut workers = Vec::new();
+        for i in 0..OFFLOAD_WORKERS {
+            let (store, rx, done, notifier) = (
+                Arc::clone(store),
+                Arc::clone(&rx),
+                Arc::clone(&done),
+                notifier.try_clone()?,
+            );
+            let worker = move || loop {
+                let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok(mut req) = next else { return };
+                let result = caps
+                    .check(&req.op)
+                    .and_then(|()| store.execute(&mut req.op));
+                done.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Completion::new(req, result));
+                notifier.signal();
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("oxio-mem-{i}"))
+                .spawn(worker)
+                .map_err(|e| BlockError::io("start a copy worker thread", e))?;
+            workers.push(handle);
+        }
+        Ok(Offload {
+            tx: Some(tx),
+            done,
+            workers,
+        })
+    }
+}
+
+impl Drop for Offload {
+    fn drop(&mut self) {
+        self.tx = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl MemoryQueue {
+    fn is_large(op: &Op) -> bool {
+        matches!(op, Op::Read { buf, .. } | Op::Write { buf, .. } if buf.len() >= OFFLOAD_MIN)
+    }
+
+    /// Hands a large request to the workers; gives it back if they cannot be started.
+    fn offload(&mut self, req: Request) -> std::result::Result<(), Request> {
+        if self.offload.is_none() {
+            match Offload::start(&self.store, self.caps, &self.notifier) {
+                Ok(o) => self.offload = Some(o),
+                Err(_) => return Err(req),
+            }
+        }
+        let Some(tx) = self.offload.as_ref().and_then(|o| o.tx.as_ref()) else {
+            return Err(req);
+        };
+        tx.send(req).map_err(|mpsc::SendError(req)| req)?;
+        self.offloaded += 1;
+        Ok(())
+    }
 }
 
 impl BlockQueue for MemoryQueue {
     fn submit(&mut self, mut req: Request) -> std::result::Result<(), QueueFull> {
-        if self.done.len() >= self.depth {
+        if self.in_flight() >= self.depth {
             return Err(QueueFull(req));
+        }
+        if Self::is_large(&req.op) {
+            match self.offload(req) {
+                Ok(()) => return Ok(()),
+                Err(back) => req = back,
+            }
         }
         let result = self
             .caps
@@ -265,8 +359,15 @@ impl BlockQueue for MemoryQueue {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
-        let n = self.done.len();
+        let mut n = self.done.len();
         out.append(&mut self.done);
+        if let (Some(o), true) = (&self.offload, self.offloaded > 0) {
+            self.notifier.clear();
+            let mut done = o.done.lock().unwrap_or_else(|p| p.into_inner());
+            n += done.len();
+            self.offloaded -= done.len();
+            out.append(&mut done);
+        }
         n
     }
 
@@ -275,7 +376,7 @@ impl BlockQueue for MemoryQueue {
     }
 
     fn in_flight(&self) -> usize {
-        self.done.len()
+        self.done.len() + self.offloaded
     }
 
     fn depth(&self) -> usize {
@@ -351,6 +452,48 @@ mod tests {
         assert_eq!(b.allocated_bytes(), 0);
         assert!(b.extents(8192, 1, &mut Vec::new()).is_err());
         assert!(MemoryBackend::new(MAX_MEMORY_SIZE + 1).is_err());
+    }
+
+    #[test]
+    fn large_requests_complete_on_workers_through_the_notifier() {
+        let b = MemoryBackend::new(8 << 20).unwrap();
+        let mut q = b.open_queue(8).unwrap();
+        for tag in 0..4u64 {
+            let buf = IoBuf::from_slice(&vec![tag as u8 + 1; OFFLOAD_MIN]);
+            let op = Op::Write {
+                offset: tag * OFFLOAD_MIN as u64,
+                buf,
+                fua: false,
+            };
+            q.submit(Request { tag, op }).unwrap();
+        }
+        q.submit(Request {
+            tag: 9,
+            op: Op::Flush,
+        })
+        .unwrap();
+        assert_eq!(q.in_flight(), 5);
+        let mut out = Vec::new();
+        while out.len() < 5 {
+            if q.reap(&mut out) == 0 {
+                let mut pfd = libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(&q.notifier()),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: valid pollfd array of length 1.
+                unsafe { libc::poll(&mut pfd, 1, 1000) };
+            }
+        }
+        assert!(out.iter().all(|c| c.result.is_ok()));
+        assert_eq!(q.in_flight(), 0);
+        let mut bq = BlockingQueue::new(q);
+        let got = bq.read_at(0, 4 * OFFLOAD_MIN).unwrap();
+        for tag in 0..4usize {
+            assert!(got[tag * OFFLOAD_MIN..(tag + 1) * OFFLOAD_MIN]
+                .iter()
+                .all(|&x| x == tag as u8 + 1));
+        }
     }
 
     #[test]
