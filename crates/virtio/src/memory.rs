@@ -3,7 +3,7 @@
 //!
 //! Every translation is bounds-checked: a range that is not entirely inside guest memory is
 //! refused. A range that crosses from one region into a region that starts right where it
-//! ends is returned as several host pieces (see [`GuestMemory::for_each_piece`]).
+//! ends is split into one host piece per region.
 
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@
 //! capacity, directions right. Bad requests complete with `IOERR` or `UNSUPP` and the queue
 //! keeps serving. Good ones go to the backend's completion interface, many in flight per
 //! queue; completions are written back in batches, with one used-index publish and at most
-//! one interrupt per batch ([`worker`]). Each queue has its own worker thread.
+//! one interrupt per batch. Each queue has its own worker thread.
 
 mod config;
 mod device;
