@@ -6,6 +6,7 @@ pub mod increment;
 pub mod memory_node;
 pub mod probe;
 pub mod serve;
+pub mod vhost_user;
 
 /// Any error a subcommand reports, printed with its chain of causes.
 pub type CmdError = Box<dyn std::error::Error + Send + Sync>;
@@ -31,6 +32,9 @@ pub enum Command {
     /// OmniXtend tools (probe a memory node).
     #[command(subcommand)]
     Omnixtend(probe::OmnixtendCommand),
+    /// Serve virtio devices to a VMM over vhost-user (blk).
+    #[command(subcommand)]
+    VhostUser(vhost_user::VhostUserCommand),
 }
 
 /// Runs the chosen subcommand.
@@ -40,6 +44,7 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::MakeIncrementFile(args) => increment::run(args),
         Command::MemoryNode(args) => memory_node::run(args),
         Command::Omnixtend(cmd) => probe::run(cmd),
+        Command::VhostUser(cmd) => vhost_user::run(cmd),
     }
 }
 
@@ -47,5 +52,8 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
