@@ -145,3 +145,19 @@ fn reconnects_after_the_node_restarts() {
     req.shutdown();
     node.stop();
 }
+
+#[test]
+fn dropping_the_last_handle_inside_a_callback_does_not_deadlock() {
+    let (a, b) = pair(Faults::NONE, Faults::NONE, 9);
+    let node = start_node(b, MacAddr::local(2));
+    let req = Arc::new(Requester::connect(config(), Box::new(a), Duration::from_secs(5)).unwrap());
+    let (tx, rx) = mpsc::channel();
+    let inner = req.clone();
+    req.submit_read(0, vec![0; 64], move |r| {
+        drop(inner); // may be the last reference, dropped on the I/O thread
+        tx.send(r.is_ok()).unwrap();
+    });
+    drop(req);
+    assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+    node.stop();
+}

@@ -162,10 +162,21 @@ impl Requester {
     }
 
     /// Finishes every request in flight, closes the connection and stops the I/O thread.
+    ///
+    /// Called from a completion callback (on the I/O thread itself) it only asks for the
+    /// shutdown: the thread cannot wait for itself.
     pub fn shutdown(&self) {
         self.push(Cmd::Close);
         self.shared.waker.wake();
-        if let Some(t) = lock(&self.thread).take() {
+        let mut guard = lock(&self.thread);
+        if guard
+            .as_ref()
+            .is_some_and(|t| t.thread().id() == std::thread::current().id())
+        {
+            return;
+        }
+        if let Some(t) = guard.take() {
+            drop(guard);
             let _ = t.join();
         }
     }
