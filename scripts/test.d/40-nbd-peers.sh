@@ -47,7 +47,7 @@ stop_server() {
 }
 
 echo "== qemu-io / qemu-img"
-start_server main --export img=memory:256M --export scratch=memory:64M
+start_server main --export img=memory:256M --export scratch=memory:64M --tcp 127.0.0.1:0
 main_pid=$server_pid main_uri=$uri
 check "qemu-io write/read/zero/discard/flush patterns" qemu-io -f raw \
     -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' \
@@ -108,6 +108,19 @@ check "nbdinfo --is read-only is false" not_ro
 systemd_activation() { nbdinfo --size -- [ "$OXIO" serve -b memory:3M ] | grep -qx 3145728; }
 check "systemd socket activation (nbdinfo -- [ oxio serve ])" systemd_activation
 
+tcp_uri=$(grep -o 'nbd://127.0.0.1:[0-9]*/oxio' "$work/main.out" | head -1)
+tcp() { [ -n "$tcp_uri" ] && nbdinfo --size "$tcp_uri" | grep -qx 1073741824 &&
+    qemu-io -f raw -c 'read -P 0xab 0 1M' "$tcp_uri" | grep -q 'read 1048576/1048576'; }
+check "TCP listener ($tcp_uri)" tcp
+
+echo "== read-only export"
+start_server ro --read-only -b memory:16M
+ro_pid=$server_pid ro_uri=$uri
+check "nbdinfo --is read-only" nbdinfo --is read-only "$ro_uri"
+ro_write() { ! qemu-io -f raw -c 'write -P 1 0 4k' "$ro_uri" 2>&1 | grep -q '^wrote'; }
+check "writes to a read-only export fail" ro_write
+check "read-only server stops cleanly" stop_server "$ro_pid"
+
 echo "== nbdcopy"
 head -c 256M /dev/urandom >"$work/random.img"
 copy_round_trip() {
@@ -116,6 +129,17 @@ copy_round_trip() {
         cmp "$work/random.img" "$work/back.img"
 }
 check "nbdcopy 256 MiB random image in and out, byte-compared" copy_round_trip
+increment() {
+    "$OXIO" make-increment-file --quiet "$work/pattern" 64M &&
+        nbdcopy "$work/pattern" "nbd+unix:///scratch?socket=$work/main.sock" &&
+        nbdcopy "nbd+unix:///scratch?socket=$work/main.sock" "$work/pattern.back" &&
+        "$OXIO" make-increment-file --quiet --verify "$work/pattern.back" &&
+        qemu-io -f raw -c 'write -P 0 1M 4' "nbd+unix:///scratch?socket=$work/main.sock" >/dev/null &&
+        nbdcopy "nbd+unix:///scratch?socket=$work/main.sock" "$work/pattern.back" &&
+        ! "$OXIO" make-increment-file --quiet --verify "$work/pattern.back"
+}
+check "make-increment-file pattern survives a round trip; --verify catches a change" increment
+rm -f "$work/pattern" "$work/pattern.back"
 rm -f "$work/back.img" "$work/local.img"
 
 echo "== nbdsh bad requests (strict mode off)"

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# NBD server benchmark: fio's nbd engine (libnbd, one connection per job) against
+#   oxio serve   -b memory:1G                          (sparse RAM)
+#   qemu-nbd     raw image on /dev/shm, --aio=io_uring  (RAM-backed file, its fastest setup)
+#   nbdkit       memory 1G                             (sparse RAM, default allocator)
+# all on a Unix socket, in one run, same workloads in the same order:
+#   1 MiB sequential write and read at QD8, then 4 KiB random write and read at QD32,
+# over a 256 MiB region that the sequential write fills first. Prints a table of IOPS,
+# MiB/s and oxio's ratio to each peer.
+#
+# Usage: [OXIO_BIN=path] benches/nbd-fio.sh [SECONDS per workload, default 10]
+# Needs: fio, nbdkit, qemu-nbd (scripts/setup.d/40-nbd.sh). Client and server share the
+# machine's CPUs, so figures are only comparable within one run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runtime=${1:-10}
+
+# OXIO_BIN=path skips the build (to benchmark a given binary).
+if [ -z "${OXIO_BIN:-}" ]; then
+    cargo build --quiet --release -p oxio --bin oxio
+fi
+OXIO=${OXIO_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/oxio}
+
+work=$(mktemp -d /tmp/oxio-nbd-bench.XXXXXX)
+shm=$(mktemp -d /dev/shm/oxio-nbd-bench.XXXXXX)
+pid=""
+cleanup() {
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    rm -rf "$work" "$shm"
+}
+trap cleanup EXIT
+
+wait_socket() {
+    for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.1; done
+    echo "server did not create $1" >&2
+    return 1
+}
+
+start() { # start NAME: launches the server, sets $pid and $uri
+    local sock=$work/$1.sock
+    case $1 in
+    oxio)
+        "$OXIO" serve --unix "$sock" -b memory:1G >"$work/oxio.log" 2>&1 &
+        uri="nbd+unix:///oxio?socket=$sock" ;;
+    qemu-nbd)
+        truncate -s 1G "$shm/qemu.img"
+        qemu-nbd -f raw --aio=io_uring --cache=writeback -e 8 -t --socket="$sock" "$shm/qemu.img" >"$work/qemu.log" 2>&1 &
+        uri="nbd+unix:///?socket=$sock" ;;
+    nbdkit)
+        nbdkit -f -U "$sock" memory 1G >"$work/nbdkit.log" 2>&1 &
+        uri="nbd+unix:///?socket=$sock" ;;
+    esac
+    pid=$!
+    wait_socket "$sock"
+}
+
+stop() {
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    pid=""
+    rm -f "$shm/qemu.img"
+}
+
+workloads=(
+    "seqwrite-1M write 1M 8"
+    "seqread-1M read 1M 8"
+    "randwrite-4k randwrite 4k 32"
+    "randread-4k randread 4k 32"
+)
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+
+run_fio() { # run_fio SERVER NAME RW BS QD: prints IOPS, MiB/s, server CPU µs per request
+    local out=$work/$1-$2.json
+    local t0; t0=$(cpu_ticks)
+    fio --name="$2" --ioengine=nbd --uri="$uri" --rw="$3" --bs="$4" --iodepth="$5" \
+        --size=256M --time_based --runtime="$runtime" --ramp_time=1 --group_reporting \
+        --output-format=json --output="$out" >/dev/null
+    local t1; t1=$(cpu_ticks)
+    python3 - "$out" "$3" "$((t1 - t0))" "$(getconf CLK_TCK)" <<'EOF'
+import json, sys
+job = json.load(open(sys.argv[1]))["jobs"][0]
+side = job["write" if "write" in sys.argv[2] else "read"]
+# CPU covers the 1 s ramp too; count its requests at the measured rate.
+total = side["total_ios"] * (1 + 1000 / max(job["job_runtime"], 1))
+cpu_us = int(sys.argv[3]) / int(sys.argv[4]) * 1e6
+print(f'{side["iops"]:.0f} {side["bw_bytes"] / 2**20:.1f} {cpu_us / max(total, 1):.2f}')
+EOF
+}
+
+declare -A iops mibs cpu
+servers=(oxio qemu-nbd nbdkit)
+for s in "${servers[@]}"; do
+    start "$s"
+    for w in "${workloads[@]}"; do
+        read -r name rw bs qd <<<"$w"
+        read -r i m c < <(run_fio "$s" "$name" "$rw" "$bs" "$qd")
+        iops[$s,$name]=$i
+        mibs[$s,$name]=$m
+        cpu[$s,$name]=$c
+        echo "$s $name: $i IOPS, $m MiB/s, server CPU $c us/request" >&2
+    done
+    stop
+done
+
+echo
+echo "fio ioengine=nbd, ${runtime} s per workload, Unix socket, RAM-backed, $(nproc) CPUs shared by client and server"
+echo
+echo "| workload | oxio IOPS (MiB/s) | qemu-nbd IOPS (MiB/s) | nbdkit memory IOPS (MiB/s) | oxio / qemu-nbd | oxio / nbdkit | server CPU µs/request: oxio / qemu-nbd / nbdkit |"
+echo "|---|---|---|---|---|---|---|"
+for w in "${workloads[@]}"; do
+    read -r name _ <<<"$w"
+    python3 - "$name" "${iops[oxio,$name]}" "${mibs[oxio,$name]}" "${iops[qemu-nbd,$name]}" \
+        "${mibs[qemu-nbd,$name]}" "${iops[nbdkit,$name]}" "${mibs[nbdkit,$name]}" \
+        "${cpu[oxio,$name]}" "${cpu[qemu-nbd,$name]}" "${cpu[nbdkit,$name]}" <<'EOF'
+import sys
+n, oi, om, qi, qm, ki, km, oc, qc, kc = sys.argv[1], *map(float, sys.argv[2:])
+print(f"| {n} | {oi:.0f} ({om:.0f}) | {qi:.0f} ({qm:.0f}) | {ki:.0f} ({km:.0f}) | {oi / qi:.2f}x | {oi / ki:.2f}x | {oc:.1f} / {qc:.1f} / {kc:.1f} |")
+EOF
+done
