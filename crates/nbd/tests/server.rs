@@ -1,0 +1,516 @@
+//! The server end to end over a Unix socket, driven byte by byte by a minimal client:
+//! option haggling (every option and its error paths), structured and extended replies,
+//! metadata contexts, EXPORT_NAME, and draining on shutdown.
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // Test helpers.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread;
+
+use oxio_block::memory::MemoryBackend;
+use oxio_nbd::server::{Export, ExportSet, Listener, Server, Shutdown, ShutdownTrigger};
+use oxio_nbd::wire::{
+    cflags, chunk, info, opt, rep, ChunkHeader, Command, OptionHeader, OptionReply, RequestHeader,
+    SimpleReply,
+};
+
+const SIZE: u64 = 1 << 20;
+
+struct Running {
+    path: PathBuf,
+    trigger: ShutdownTrigger,
+    done: thread::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+fn start() -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let mk = |name: &str| {
+        Arc::new(Export::new(name, Arc::new(MemoryBackend::new(SIZE).unwrap())).description("desc"))
+    };
+    let exports = ExportSet::new(vec![mk("a"), mk("b")]);
+    let (trigger, shutdown) = Shutdown::new();
+    let p = path.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let done = thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = Listener::unix(&p).unwrap();
+            ready_tx.send(()).unwrap();
+            Server::new(exports).run(vec![l], shutdown).await.unwrap();
+        });
+    });
+    ready_rx.recv().unwrap();
+    Running {
+        path,
+        trigger,
+        done,
+        _dir: dir,
+    }
+}
+
+struct Client {
+    s: UnixStream,
+}
+
+impl Client {
+    fn connect(r: &Running, flags: u32) -> Self {
+        let mut s = UnixStream::connect(&r.path).unwrap();
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).unwrap();
+        assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT");
+        assert_eq!(
+            u16::from_be_bytes([greeting[16], greeting[17]]),
+            3,
+            "FIXED_NEWSTYLE | NO_ZEROES"
+        );
+        s.write_all(&flags.to_be_bytes()).unwrap();
+        Client { s }
+    }
+
+    fn send_option(&mut self, o: u32, data: &[u8]) {
+        let mut m = Vec::new();
+        OptionHeader {
+            option: o,
+            length: data.len() as u32,
+        }
+        .emit(&mut m);
+        m.extend_from_slice(data);
+        self.s.write_all(&m).unwrap();
+    }
+
+    fn reply(&mut self) -> (u32, Vec<u8>) {
+        let mut h = [0u8; OptionReply::LEN];
+        self.s.read_exact(&mut h).unwrap();
+        let r = OptionReply::parse(&h).unwrap();
+        let mut data = vec![0; r.length as usize];
+        self.s.read_exact(&mut data).unwrap();
+        (r.kind, data)
+    }
+
+    /// Sends an option and collects replies up to the final ACK or error.
+    fn option(&mut self, o: u32, data: &[u8]) -> Vec<(u32, Vec<u8>)> {
+        self.send_option(o, data);
+        let mut all = Vec::new();
+        loop {
+            let r = self.reply();
+            let last = r.0 == rep::ACK || r.0 & 0x8000_0000 != 0;
+            all.push(r);
+            if last {
+                return all;
+            }
+        }
+    }
+
+    fn request(
+        &mut self,
+        command: Command,
+        flags: u16,
+        cookie: u64,
+        offset: u64,
+        length: u64,
+        ext: bool,
+    ) {
+        let mut m = Vec::new();
+        RequestHeader {
+            flags,
+            command,
+            cookie,
+            offset,
+            length,
+        }
+        .emit(&mut m, ext);
+        self.s.write_all(&m).unwrap();
+    }
+
+    fn chunk(&mut self, ext: bool) -> (ChunkHeader, Vec<u8>) {
+        let mut h = vec![0u8; if ext { 32 } else { 20 }];
+        self.s.read_exact(&mut h).unwrap();
+        let h = ChunkHeader::parse(&h, ext).unwrap();
+        let mut p = vec![0; h.length as usize];
+        self.s.read_exact(&mut p).unwrap();
+        (h, p)
+    }
+
+    fn simple(&mut self) -> SimpleReply {
+        let mut h = [0u8; 16];
+        self.s.read_exact(&mut h).unwrap();
+        SimpleReply::parse(&h).unwrap()
+    }
+
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.s.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+fn name_and_infos(name: &str, infos: &[u16]) -> Vec<u8> {
+    let mut d = (name.len() as u32).to_be_bytes().to_vec();
+    d.extend_from_slice(name.as_bytes());
+    d.extend_from_slice(&(infos.len() as u16).to_be_bytes());
+    for i in infos {
+        d.extend_from_slice(&i.to_be_bytes());
+    }
+    d
+}
+
+fn meta(name: &str, queries: &[&str]) -> Vec<u8> {
+    let mut d = (name.len() as u32).to_be_bytes().to_vec();
+    d.extend_from_slice(name.as_bytes());
+    d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+    for q in queries {
+        d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+        d.extend_from_slice(q.as_bytes());
+    }
+    d
+}
+
+fn stop(r: Running) {
+    r.trigger.fire();
+    r.done.join().unwrap();
+}
+
+#[test]
+fn option_haggling_covers_every_option_and_error() {
+    let r = start();
+    let mut c = Client::connect(&r, 3);
+    let list = c.option(opt::LIST, &[]);
+    assert_eq!(list.len(), 3);
+    assert_eq!(&list[0].1[4..5], b"a");
+    assert_eq!(&list[1].1[4..], b"bdesc");
+    assert_eq!(c.option(opt::LIST, b"x")[0].0, rep::ERR_INVALID);
+    assert_eq!(c.option(99, b"ignored")[0].0, rep::ERR_UNSUP);
+    assert_eq!(c.option(opt::STARTTLS, &[])[0].0, rep::ERR_UNSUP);
+    assert_eq!(
+        c.option(opt::INFO, &name_and_infos("zz", &[]))[0].0,
+        rep::ERR_UNKNOWN
+    );
+    assert_eq!(c.option(opt::INFO, b"\0\0\0\x09a")[0].0, rep::ERR_INVALID);
+    let infos = c.option(
+        opt::INFO,
+        &name_and_infos("b", &[info::NAME, info::DESCRIPTION, 77]),
+    );
+    let kinds: Vec<u16> = infos
+        .iter()
+        .filter(|r| r.0 == rep::INFO)
+        .map(|r| u16::from_be_bytes([r.1[0], r.1[1]]))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            info::EXPORT,
+            info::BLOCK_SIZE,
+            info::NAME,
+            info::DESCRIPTION
+        ]
+    );
+    assert_eq!(&infos[0].1[2..10], &SIZE.to_be_bytes());
+    assert_eq!(infos.last().unwrap().0, rep::ACK);
+    assert_eq!(
+        c.option(opt::SET_META_CONTEXT, &meta("b", &["base:allocation"]))[0].0,
+        rep::ERR_INVALID
+    );
+    let listed = c.option(opt::LIST_META_CONTEXT, &meta("b", &[]));
+    assert_eq!(&listed[0].1[4..], b"base:allocation");
+    assert_eq!(
+        c.option(opt::LIST_META_CONTEXT, &meta("b", &["qemu:x"]))
+            .len(),
+        1,
+        "unknown namespaces are ignored"
+    );
+    assert_eq!(c.option(opt::STRUCTURED_REPLY, &[])[0].0, rep::ACK);
+    assert_eq!(c.option(opt::STRUCTURED_REPLY, &[])[0].0, rep::ERR_INVALID);
+    let set = c.option(
+        opt::SET_META_CONTEXT,
+        &meta("b", &["base:allocation", "base:nope"]),
+    );
+    assert_eq!((set.len(), set[0].0), (2, rep::META_CONTEXT));
+    let id = u32::from_be_bytes(set[0].1[..4].try_into().unwrap());
+    assert_eq!(
+        c.option(opt::GO, &name_and_infos("b", &[]))[1..]
+            .last()
+            .unwrap()
+            .0,
+        rep::ACK
+    );
+
+    // Transmission with structured replies and base:allocation.
+    c.request(Command::Write, 0, 1, 0, 4096, false);
+    c.s.write_all(&[7; 4096]).unwrap();
+    assert_eq!(c.simple().error, 0);
+    c.request(Command::Read, cflags::DF, 2, 0, 8192, false);
+    let (h, p) = c.chunk(false);
+    assert_eq!(
+        (h.kind, h.flags, h.cookie),
+        (chunk::OFFSET_DATA, chunk::FLAG_DONE, 2)
+    );
+    assert_eq!(&p[..8], &0u64.to_be_bytes());
+    assert!(p[8..4104].iter().all(|&b| b == 7) && p[4104..].iter().all(|&b| b == 0));
+    c.request(Command::BlockStatus, 0, 3, 0, SIZE, false);
+    let (h, p) = c.chunk(false);
+    assert_eq!(h.kind, chunk::BLOCK_STATUS);
+    assert_eq!(u32::from_be_bytes(p[..4].try_into().unwrap()), id);
+    assert_eq!(
+        u32::from_be_bytes(p[4..8].try_into().unwrap()),
+        65536,
+        "first 64 KiB chunk holds data"
+    );
+    c.request(Command::Read, 0, 4, SIZE, 512, false);
+    let (h, p) = c.chunk(false);
+    assert_eq!(
+        (h.kind, u32::from_be_bytes(p[..4].try_into().unwrap())),
+        (chunk::ERROR, 22)
+    );
+    assert!(String::from_utf8_lossy(&p[6..]).contains("beyond the end"));
+    c.request(Command::Disc, 0, 5, 0, 0, false);
+    assert!(c.closed());
+    stop(r);
+}
+
+#[test]
+fn extended_headers_carry_64_bit_lengths() {
+    let r = start();
+    let mut c = Client::connect(&r, 3);
+    assert_eq!(c.option(opt::EXTENDED_HEADERS, &[])[0].0, rep::ACK);
+    assert_eq!(
+        c.option(opt::SET_META_CONTEXT, &meta("", &["base:allocation"]))[0].0,
+        rep::META_CONTEXT
+    );
+    c.option(opt::GO, &name_and_infos("", &[]));
+    c.request(Command::Write, cflags::PAYLOAD_LEN, 1, 512, 512, true);
+    c.s.write_all(&[9; 512]).unwrap();
+    let (h, _) = c.chunk(true);
+    assert_eq!(
+        (h.kind, h.flags, h.offset),
+        (chunk::NONE, chunk::FLAG_DONE, 512)
+    );
+    c.request(Command::Read, 0, 2, 512, 512, true);
+    let (h, p) = c.chunk(true);
+    assert_eq!((h.kind, h.length, p[8]), (chunk::OFFSET_DATA, 520, 9));
+    c.request(Command::WriteZeroes, 0, 3, 0, 5 << 32, true);
+    let (h, p) = c.chunk(true);
+    assert_eq!(
+        (h.kind, u32::from_be_bytes(p[..4].try_into().unwrap())),
+        (chunk::ERROR, 28)
+    );
+    c.request(Command::BlockStatus, 0, 4, 0, SIZE, true);
+    let (h, p) = c.chunk(true);
+    assert_eq!(h.kind, chunk::BLOCK_STATUS_EXT);
+    assert_eq!(
+        u32::from_be_bytes(p[4..8].try_into().unwrap()) as usize,
+        (p.len() - 8) / 16
+    );
+    c.request(Command::Disc, 0, 5, 0, 0, true);
+    assert!(c.closed());
+    stop(r);
+}
+
+#[test]
+fn export_name_padding_and_hard_disconnects() {
+    let r = start();
+    for (flags, len) in [(1u32, 134usize), (3, 10)] {
+        let mut c = Client::connect(&r, flags);
+        c.send_option(opt::EXPORT_NAME, b"b");
+        let mut reply = vec![0u8; len];
+        c.s.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply[..8], &SIZE.to_be_bytes());
+        c.request(Command::Flush, 0, 1, 0, 0, false);
+        assert_eq!(c.simple().error, 0, "simple replies after EXPORT_NAME");
+    }
+    let mut c = Client::connect(&r, 3);
+    c.send_option(opt::EXPORT_NAME, b"missing");
+    assert!(c.closed(), "an unknown EXPORT_NAME has no error path");
+    let mut c = Client::connect(&r, 1 << 7);
+    assert!(c.closed(), "unknown client flags");
+    let mut c = Client::connect(&r, 3);
+    c.s.write_all(b"NOTMAGIC\0\0\0\x03\0\0\0\0").unwrap();
+    assert!(c.closed(), "bad option magic");
+    let mut c = Client::connect(&r, 3);
+    assert_eq!(c.option(opt::ABORT, &[])[0].0, rep::ACK);
+    assert!(c.closed());
+    stop(r);
+}
+
+#[test]
+fn shutdown_answers_in_flight_requests_then_closes() {
+    let r = start();
+    let mut c = Client::connect(&r, 3);
+    c.option(opt::GO, &name_and_infos("a", &[]));
+    let mut burst = Vec::new();
+    for i in 0..64u64 {
+        RequestHeader {
+            flags: cflags::FUA,
+            command: Command::Write,
+            cookie: i,
+            offset: i * 4096,
+            length: 4096,
+        }
+        .emit(&mut burst, false);
+        burst.extend_from_slice(&[i as u8; 4096]);
+    }
+    c.s.write_all(&burst).unwrap();
+    // Make sure the server has read the burst before asking it to stop.
+    c.request(Command::Flush, 0, 999, 0, 0, false);
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 65 {
+        let rep = c.simple();
+        assert_eq!(rep.error, 0);
+        assert!(seen.insert(rep.cookie));
+    }
+    r.trigger.fire();
+    assert!(c.closed(), "the server closes idle connections on shutdown");
+    r.done.join().unwrap();
+    assert!(!r.path.exists(), "the socket file is removed");
+}
+
+/// A backend whose requests take 100 ms, completing on a thread through the notifier, so
+/// requests are really in flight when shutdown fires.
+mod slow {
+    use std::os::fd::BorrowedFd;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use oxio_block::memory::MemoryBackend;
+    use oxio_block::{
+        BlockBackend, BlockQueue, BlockingQueue, Capabilities, Completion, Notifier, QueueFull,
+        Request, Result,
+    };
+
+    #[derive(Debug)]
+    pub struct Slow(pub MemoryBackend);
+
+    #[derive(Debug)]
+    struct SlowQueue {
+        inner: Arc<Mutex<BlockingQueue>>,
+        done: Arc<Mutex<Vec<Completion>>>,
+        notifier: Notifier,
+        in_flight: usize,
+    }
+
+    impl BlockBackend for Slow {
+        fn capabilities(&self) -> Capabilities {
+            self.0.capabilities()
+        }
+        fn open_queue(&self, _depth: usize) -> Result<Box<dyn BlockQueue>> {
+            let inner = Arc::new(Mutex::new(BlockingQueue::new(self.0.open_queue(1)?)));
+            Ok(Box::new(SlowQueue {
+                inner,
+                done: Arc::default(),
+                notifier: Notifier::new()?,
+                in_flight: 0,
+            }))
+        }
+        fn describe(&self) -> String {
+            "slow".into()
+        }
+    }
+
+    impl BlockQueue for SlowQueue {
+        fn submit(&mut self, req: Request) -> std::result::Result<(), QueueFull> {
+            let (inner, done, n) = (
+                self.inner.clone(),
+                self.done.clone(),
+                self.notifier.try_clone().unwrap(),
+            );
+            self.in_flight += 1;
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let Request { tag, op } = req;
+                let (result, buf) = match inner.lock().unwrap().run(op) {
+                    Ok(buf) => (Ok(()), buf),
+                    Err(e) => (Err(e), None),
+                };
+                done.lock().unwrap().push(Completion { tag, result, buf });
+                n.signal();
+            });
+            Ok(())
+        }
+        fn commit(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
+            self.notifier.clear();
+            let mut d = self.done.lock().unwrap();
+            let n = d.len();
+            self.in_flight -= n;
+            out.append(&mut d);
+            n
+        }
+        fn notifier(&self) -> BorrowedFd<'_> {
+            self.notifier.fd()
+        }
+        fn in_flight(&self) -> usize {
+            self.in_flight
+        }
+        fn depth(&self) -> usize {
+            usize::MAX
+        }
+    }
+}
+
+#[test]
+fn shutdown_drains_requests_still_in_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slow.sock");
+    let backend = Arc::new(slow::Slow(MemoryBackend::new(SIZE).unwrap()));
+    let exports = ExportSet::new(vec![Arc::new(Export::new("", backend))]);
+    let (trigger, shutdown) = Shutdown::new();
+    let p = path.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let done = thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = Listener::unix(&p).unwrap();
+            ready_tx.send(()).unwrap();
+            Server::new(exports).run(vec![l], shutdown).await.unwrap();
+        });
+    });
+    ready_rx.recv().unwrap();
+    let r = Running {
+        path,
+        trigger,
+        done,
+        _dir: dir,
+    };
+    let mut c = Client::connect(&r, 3);
+    c.option(opt::GO, &name_and_infos("", &[]));
+    let mut burst = Vec::new();
+    for i in 0..32u64 {
+        RequestHeader {
+            flags: 0,
+            command: Command::Write,
+            cookie: i,
+            offset: i * 512,
+            length: 512,
+        }
+        .emit(&mut burst, false);
+        burst.extend_from_slice(&[1; 512]);
+    }
+    c.s.write_all(&burst).unwrap();
+    thread::sleep(std::time::Duration::from_millis(30));
+    let start = std::time::Instant::now();
+    r.trigger.fire();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..32 {
+        let rep = c.simple();
+        assert_eq!(rep.error, 0, "in-flight writes complete normally");
+        seen.insert(rep.cookie);
+    }
+    assert_eq!(seen.len(), 32);
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(50),
+        "the replies waited for the backend"
+    );
+    assert!(c.closed());
+    r.done.join().unwrap();
+}
