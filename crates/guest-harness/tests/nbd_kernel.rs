@@ -18,7 +18,7 @@ fn oxmem_nbd_ioctl_attach_carries_ext4() {
         &["nbd0"],
     ) + &ext4_round_trip("nbd0", 8)
         // SIGUSR1 prints live statistics.
-        + "kill -USR1 $OXMEM; sleep 0.5; grep -q 'nbd0: connections 1 (1 active)' /tmp/oxmem.log\n"
+        + "kill -USR1 $OXMEM; i=0; until grep -q 'nbd0: connections 1 (1 active)' /tmp/oxmem.log; do i=$((i + 1)); [ $i -lt 100 ]; sleep 0.1; done\n"
         + "stop_oxmem\n";
     let outcome = guest("nbd-oxmem-ioctl").script(&script).run().unwrap();
     outcome.expect_pass().unwrap();
@@ -58,7 +58,9 @@ fn oxmem_nbd_restarted_after_kill_takes_over_its_netlink_device() {
            sync
            md5sum /mnt/before > /tmp/before.md5
            kill -KILL $OXMEM; wait $OXMEM || true
-           sleep 1
+           # RECONFIGURE only replaces sockets the kernel has seen die
+           i=0; until dmesg | grep -q 'nbd0: Receive control failed'; do i=$((i + 1)); [ $i -lt 100 ]; sleep 0.1; done
+           sleep 0.2
 " + &start(&format!("{args} --reconnect"), &["nbd0"])
         + "grep -q 'nbd0 reconnected' /tmp/oxmem.log
            dd if=/dev/urandom of=/mnt/after bs=1M count=4 conv=fsync 2>/dev/null
