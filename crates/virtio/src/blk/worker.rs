@@ -193,6 +193,7 @@ impl Worker {
     /// Serves everything available now and waits for the backend to finish it (for
     /// benchmarks and fuzzing, which drive the device without threads). Returns `false` once
     /// the queue is broken.
+    #[cfg(any(test, feature = "test-utils"))]
     pub(crate) fn run_until_idle(&mut self, mem: &GuestMemory) -> bool {
         let mut slots = Slots::default();
         let mut completions = Vec::new();
