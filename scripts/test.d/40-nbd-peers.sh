@@ -47,7 +47,7 @@ stop_server() {
 }
 
 echo "== qemu-io / qemu-img"
-start_server main --export img=memory:256M --export scratch=memory:64M --tcp 127.0.0.1:0
+start_server main -b memory:1G --export img=memory:256M --export scratch=memory:64M --tcp 127.0.0.1:0
 main_pid=$server_pid main_uri=$uri
 check "qemu-io write/read/zero/discard/flush patterns" qemu-io -f raw \
     -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' \
@@ -274,6 +274,24 @@ else
     fail "nbdfuse filesystem test needs root and /dev/fuse"
 fi
 check "main server drains and exits 0 on SIGTERM" stop_server "$main_pid"
+
+echo "== the default backend: OmniXtend memory node in-process (no flags)"
+start_server default --export small=omnixtend:64M
+default_pid=$server_pid default_uri=$uri
+check "default export is the in-process OmniXtend node" grep -q 'OmniXtend memory node in-process' "$work/default.out"
+check "qemu-io patterns over TLoE" qemu-io -f raw -c 'write -P 0x3c 0 1M' -c 'read -P 0x3c 0 1M' \
+    -c 'write -f -P 0x3d 5M 64k' -c 'write -z 1M 1M' -c 'read -P 0 1M 1M' -c flush -c 'read -P 0x3d 5M 64k' "$default_uri"
+for cap in flush fua multi-conn zero; do
+    check "nbdinfo --can $cap (OmniXtend)" nbdinfo --can "$cap" "$default_uri"
+done
+omx_copy() {
+    local small="nbd+unix:///small?socket=$work/default.sock"
+    head -c 64M /dev/urandom >"$work/omx.img" && nbdcopy "$work/omx.img" "$small" &&
+        nbdcopy "$small" "$work/omx.back" && cmp "$work/omx.img" "$work/omx.back"
+}
+check "nbdcopy 64 MiB round trip through the OmniXtend stack" omx_copy
+check "default server drains and exits 0 on SIGTERM" stop_server "$default_pid"
+rm -f "$work/omx.img" "$work/omx.back"
 
 echo "== crash consistency: SIGTERM while a client writes"
 truncate -s 64M "$work/disk.img"

@@ -6,8 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use std::sync::atomic::AtomicBool;
+
 use oxio_block::file::{Engine, FileOptions};
+use oxio_block::omnixtend::OmnixtendBackend;
+use oxio_block::SharedBackend;
 use oxio_nbd::server::{listeners_from_systemd, Export, ExportSet, Listener, Server, Shutdown};
+use oxio_omnixtend::endpoint::{serve as serve_node, EndpointConfig, EndpointCore, Memory};
+use oxio_omnixtend::requester::{Requester, RequesterConfig};
+use oxio_omnixtend::transport::fault::Faults;
+use oxio_omnixtend::transport::mem::pair;
+use oxio_omnixtend::transport::packet::PacketSocket;
+use oxio_omnixtend::transport::udp::UdpTransport;
+use oxio_omnixtend::transport::Transport;
+use oxio_omnixtend::wire::MacAddr;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::CmdError;
@@ -17,22 +29,28 @@ const NBD_PORT: u16 = 10809;
 
 /// Serve block devices over NBD.
 #[derive(Debug, Args)]
-#[command(long_about = "Serves block devices over the NBD protocol to qemu, the libnbd tools \
+#[command(
+    long_about = "Serves block devices over the NBD protocol to qemu, the libnbd tools \
 (nbdinfo, nbdcopy, nbdfuse, nbdsh), fio and nbd-client.\n\n\
-With no flags it exports a 1 GiB sparse RAM disk named \"oxio\" (also the default export) on a \
-Unix socket and on 127.0.0.1:10809, and prints the URIs and client commands to paste. \
-NOTE: the OmniXtend remote-memory backend (an in-process software memory node) becomes the \
-default once the OmniXtend stack lands; until then the default backend is memory:1G.\n\n\
-Backends (--backend, --export NAME=SPEC):\n  memory:SIZE   sparse RAM disk, e.g. memory:1G\n  \
-file:PATH     regular file or block device (io_uring; --direct for O_DIRECT)\n\n\
+With no flags it starts a software OmniXtend memory node in-process (1 GiB, on the in-memory \
+TLoE transport), puts the OmniXtend backend on it, and exports that as \"oxio\" (also the \
+default export) on a Unix socket and on 127.0.0.1:10809, printing the URIs and client commands \
+to paste.\n\n\
+Backends (--backend, --export NAME=SPEC):\n  \
+omnixtend:SIZE                                in-process memory node (the default, omnixtend:1G)\n  \
+omnixtend:netdev=IF,mac=MAC,size=SIZE[,base=ADDR]  a memory node over raw Ethernet (root/CAP_NET_RAW)\n  \
+omnixtend:udp=HOST:PORT,mac=MAC,size=SIZE[,base=ADDR]  a memory node over UDP\n  \
+memory:SIZE                                   sparse RAM disk, e.g. memory:1G\n  \
+file:PATH                                     regular file or block device (io_uring; --direct)\n\n\
 When started by systemd socket activation (LISTEN_FDS), or under `nbdinfo -- [ oxio serve ]`, \
 it serves the passed sockets instead of opening its own.\n\n\
 SIGINT/SIGTERM stop accepting, finish every in-flight request, flush and exit (a second \
 signal exits at once). SIGUSR1 prints statistics. Logging: RUST_LOG=debug for per-connection \
-detail.")]
+detail."
+)]
 pub struct ServeArgs {
-    /// Backend of the main export: memory:SIZE or file:PATH.
-    #[arg(short, long, default_value = "memory:1G", value_name = "SPEC")]
+    /// Backend of the main export: omnixtend:SIZE, omnixtend:netdev=..|udp=.., memory:SIZE or file:PATH.
+    #[arg(short, long, default_value = "omnixtend:1G", value_name = "SPEC")]
     pub backend: String,
     /// Name of the main export (clients that ask for the empty name get it too).
     #[arg(short, long, default_value = "oxio")]
@@ -96,14 +114,20 @@ fn file_options(args: &ServeArgs) -> FileOptions {
         EngineArg::IoUring => Engine::IoUring,
         EngineArg::ThreadPool => Engine::ThreadPool,
     };
-    FileOptions { read_only: args.read_only, direct: args.direct, engine }
+    FileOptions {
+        read_only: args.read_only,
+        direct: args.direct,
+        engine,
+    }
 }
 
 fn exports(args: &ServeArgs) -> Result<ExportSet, CmdError> {
     let opts = file_options(args);
     let mut specs = vec![(args.name.clone(), args.backend.clone())];
     for e in &args.exports {
-        let (name, spec) = e.split_once('=').ok_or_else(|| format!("--export {e:?}: use NAME=SPEC"))?;
+        let (name, spec) = e
+            .split_once('=')
+            .ok_or_else(|| format!("--export {e:?}: use NAME=SPEC"))?;
         specs.push((name.to_owned(), spec.to_owned()));
     }
     let mut list = Vec::new();
@@ -111,17 +135,112 @@ fn exports(args: &ServeArgs) -> Result<ExportSet, CmdError> {
         if list.iter().any(|e: &Arc<Export>| e.name() == name) {
             return Err(format!("two exports are named {name:?}").into());
         }
-        let backend = oxio_block::open_spec(&spec, &opts)?;
+        let backend = open_backend(&spec, &opts)?;
         let description = backend.describe();
-        let mut export = Export::new(name, backend).read_only(args.read_only).min_block_size(args.min_block_size);
+        let mut export = Export::new(name, backend)
+            .read_only(args.read_only)
+            .min_block_size(args.min_block_size);
         export = export.description(args.description.clone().unwrap_or(description));
         list.push(Arc::new(export));
     }
     Ok(ExportSet::new(list))
 }
 
+/// Opens a backend specification; `omnixtend:` forms are handled here, the rest by
+/// `oxio_block::open_spec`.
+fn open_backend(spec: &str, opts: &FileOptions) -> Result<SharedBackend, CmdError> {
+    match spec.strip_prefix("omnixtend:") {
+        Some(rest) => omnixtend_backend(rest).map_err(|e| format!("backend {spec:?}: {e}").into()),
+        None => Ok(oxio_block::open_spec(spec, opts)?),
+    }
+}
+
+fn omnixtend_backend(rest: &str) -> Result<SharedBackend, CmdError> {
+    if !rest.contains('=') {
+        return local_node(oxio_block::parse_size(rest)?);
+    }
+    let mut kv = std::collections::HashMap::new();
+    for item in rest.split(',') {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not KEY=VALUE"))?;
+        kv.insert(k, v);
+    }
+    let need = |k: &str| kv.get(k).copied().ok_or_else(|| format!("missing {k}="));
+    let node: MacAddr = need("mac")?.parse().map_err(|e| format!("mac: {e}"))?;
+    let size = oxio_block::parse_size(need("size")?)?;
+    let base = match kv.get("base") {
+        Some(b) => parse_u64(b)?,
+        None => 0,
+    };
+    let (transport, local, mtu): (Box<dyn Transport>, MacAddr, usize) =
+        match (kv.get("netdev"), kv.get("udp")) {
+            (Some(dev), _) => {
+                let sock = PacketSocket::open(dev).map_err(|e| {
+                    format!("cannot open a raw socket on {dev}: {e} (needs root or CAP_NET_RAW)")
+                })?;
+                let (local, mtu) = (sock.mac(), sock.mtu());
+                (Box::new(sock), local, mtu)
+            }
+            (None, Some(addr)) => {
+                let peer: std::net::SocketAddr =
+                    addr.parse().map_err(|e| format!("udp={addr}: {e}"))?;
+                let udp =
+                    UdpTransport::bind(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), Some(peer))?;
+                (Box::new(udp), MacAddr([2, 0, 0, 0, 0, 1]), 1500)
+            }
+            (None, None) => {
+                return Err(
+                    "needs netdev=IF or udp=HOST:PORT (or just a size for an in-process node)"
+                        .into(),
+                )
+            }
+        };
+    let mut cfg = RequesterConfig::new(local, node, size).with_mtu(mtu);
+    cfg.base = base;
+    let req = Requester::connect(cfg, transport, Duration::from_secs(5))
+        .map_err(|e| format!("cannot reach the memory node {node}: {e}"))?;
+    Ok(Arc::new(OmnixtendBackend::new(
+        Arc::new(req),
+        node.to_string(),
+    )))
+}
+
+fn parse_u64(text: &str) -> Result<u64, CmdError> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?}: {e}").into())
+}
+
+/// A software OmniXtend memory node on a thread of this process, reached over the in-memory
+/// TLoE transport: the whole OmniXtend stack (requester, link, endpoint) without a network.
+fn local_node(size: u64) -> Result<SharedBackend, CmdError> {
+    let (near, mut far) = pair(Faults::NONE, Faults::NONE, 1);
+    let node_mac = MacAddr::local(2);
+    let memory = Memory::anonymous(size, 0)
+        .map_err(|e| format!("cannot map {size} bytes for the memory node: {e}"))?;
+    let mut core = EndpointCore::new(EndpointConfig::new(node_mac), memory);
+    // The node lives as long as the process: it stops when the process exits.
+    let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    std::thread::Builder::new()
+        .name("oxio-memory-node".into())
+        .spawn(move || {
+            if let Err(e) = serve_node(&mut core, &mut far, stop) {
+                tracing::error!(error = %e, "in-process memory node stopped");
+            }
+        })?;
+    let cfg = RequesterConfig::new(MacAddr::local(1), node_mac, size);
+    let req = Requester::connect(cfg, Box::new(near), Duration::from_secs(5))
+        .map_err(|e| format!("cannot reach the in-process memory node: {e}"))?;
+    Ok(Arc::new(OmnixtendBackend::new(Arc::new(req), "in-process")))
+}
+
 fn default_unix_path() -> PathBuf {
-    let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     dir.join("oxio-nbd.sock")
 }
 
@@ -131,8 +250,16 @@ async fn listeners(args: &ServeArgs) -> Result<Vec<Listener>, CmdError> {
         return Ok(out);
     }
     let defaults = args.unix.is_empty() && args.tcp.is_empty();
-    let unix = if defaults { vec![default_unix_path()] } else { args.unix.clone() };
-    let tcp = if defaults { vec![format!("127.0.0.1:{NBD_PORT}")] } else { args.tcp.clone() };
+    let unix = if defaults {
+        vec![default_unix_path()]
+    } else {
+        args.unix.clone()
+    };
+    let tcp = if defaults {
+        vec![format!("127.0.0.1:{NBD_PORT}")]
+    } else {
+        args.tcp.clone()
+    };
     for path in unix {
         out.push(Listener::unix(&path)?);
     }
@@ -151,9 +278,15 @@ async fn listeners(args: &ServeArgs) -> Result<Vec<Listener>, CmdError> {
 fn banner(exports: &ExportSet, listeners: &[Listener]) {
     println!("oxio serve: NBD server ready");
     for e in exports.iter() {
-        println!("  export {:?}: {}", e.name(), e.description_text().unwrap_or(""));
+        println!(
+            "  export {:?}: {}",
+            e.name(),
+            e.description_text().unwrap_or("")
+        );
     }
-    let Some(main) = exports.iter().next() else { return };
+    let Some(main) = exports.iter().next() else {
+        return;
+    };
     let name = main.name();
     let mut uris = Vec::new();
     for l in listeners {
@@ -176,7 +309,11 @@ fn banner(exports: &ExportSet, listeners: &[Listener]) {
         println!("  nbdcopy '{u}' local-copy.img");
     }
     if let Some(a) = listeners.iter().find_map(Listener::tcp_addr) {
-        println!("  nbd-client {} {} /dev/nbd0 -N {name}   # kernel client (needs nbd.ko)", a.ip(), a.port());
+        println!(
+            "  nbd-client {} {} /dev/nbd0 -N {name}   # kernel client (needs nbd.ko)",
+            a.ip(),
+            a.port()
+        );
     }
     println!("Stop with Ctrl-C (drains in-flight requests); SIGUSR1 prints statistics.");
 }
