@@ -99,6 +99,44 @@ impl Default for Base {
     }
 }
 
+/// A vring's base: as the frontend sent it, or as the device reported it at a stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BaseSource {
+    Sent(u32),
+    Saved(Base),
+}
+
+impl Default for BaseSource {
+    fn default() -> Self {
+        Self::Saved(Base::default())
+    }
+}
+
+impl BaseSource {
+    fn decode(self, packed: bool) -> Base {
+        let num = match self {
+            Self::Saved(base) => return base,
+            Self::Sent(num) => num,
+        };
+        let low = (num & 0xffff) as u16; // the low half; the high half is decoded below
+        let high = (num >> 16) as u16; // fits: a u32 shifted right by 16
+        let split = |v: u16| (v & 0x7fff, v & 0x8000 != 0);
+        if packed {
+            Base {
+                avail: split(low),
+                // QEMU sends only the avail half and means "used = avail"; newer frontends
+                // put the used position in the high half.
+                used: (high != 0).then(|| split(high)),
+            }
+        } else {
+            Base {
+                avail: (low, true),
+                used: None,
+            }
+        }
+    }
+}
+
 /// One vring as the frontend has set it up so far.
 #[derive(Debug, Default)]
 struct Vring {
@@ -106,7 +144,7 @@ struct Vring {
     size: u16,
     /// Descriptor, avail and used areas as VMM user addresses.
     user_addrs: Option<RingAddresses>,
-    base: Base,
+    base: BaseSource,
     kick: Option<EventFd>,
     enabled: bool,
 }
@@ -214,25 +252,10 @@ impl<D: VirtioDevice> Backend<D> {
         Ok(())
     }
 
+    /// Kept as sent and decoded when used: its meaning depends on whether the packed ring
+    /// was negotiated, and a frontend may send it before `SET_FEATURES`.
     fn set_vring_base(&mut self, index: u32, num: u32) -> Result<(), BackendError> {
-        let packed = self.packed();
-        let low = (num & 0xffff) as u16; // the low half; the high half is decoded below
-        let high = (num >> 16) as u16; // fits: a u32 shifted right by 16
-        let split = |v: u16| (v & 0x7fff, v & 0x8000 != 0);
-        let base = if packed {
-            Base {
-                avail: split(low),
-                // QEMU sends only the avail half and means "used = avail"; newer frontends
-                // put the used position in the high half.
-                used: (high != 0).then(|| split(high)),
-            }
-        } else {
-            Base {
-                avail: (low, true),
-                used: None,
-            }
-        };
-        self.vring(index)?.base = base;
+        self.vring(index)?.base = BaseSource::Sent(num);
         Ok(())
     }
 
@@ -243,7 +266,7 @@ impl<D: VirtioDevice> Backend<D> {
         let packed = self.packed();
         let vring = self.vring(index)?;
         vring.kick = None; // the vring is stopped until the next SET_VRING_KICK
-        let (idx, wrap) = vring.base.avail;
+        let (idx, wrap) = vring.base.decode(packed).avail;
         let num = if packed {
             u32::from(idx & 0x7fff) | (u32::from(wrap) << 15)
         } else {
@@ -386,15 +409,14 @@ impl<D: VirtioDevice> Backend<D> {
         queue.set_features(ring_features);
         queue.set_ready(true);
         if ring_features.packed {
-            queue.set_packed_base(
-                vring.base.avail,
-                vring.base.used.unwrap_or(vring.base.avail),
-            );
+            let base = vring.base.decode(true);
+            queue.set_packed_base(base.avail, base.used.unwrap_or(base.avail));
         } else {
             // The used index in guest memory is the truth: after a backend crash it may lag
             // the frontend's idea of the avail position, and the driver trusts it.
-            let used = read_used_idx(mem, addrs.device).unwrap_or(vring.base.avail.0);
-            queue.set_next_avail(vring.base.avail.0, used);
+            let avail = vring.base.decode(false).avail.0;
+            let used = read_used_idx(mem, addrs.device).unwrap_or(avail);
+            queue.set_next_avail(avail, used);
         }
         queue
             .activate(mem)
@@ -428,7 +450,7 @@ impl<D: VirtioDevice> Backend<D> {
                 });
             let saved = reported.or_else(|| self.saved_state(mem.as_ref(), index, packed));
             if let (Some(v), Some(base)) = (self.vrings.get_mut(usize::from(index)), saved) {
-                v.base = base;
+                v.base = BaseSource::Saved(base);
             }
         }
         tracing::debug!("device stopped");
@@ -480,4 +502,35 @@ fn set_nonblocking(fd: &File) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vring_bases_decode_per_layout() {
+        let sent = BaseSource::Sent(0x8005);
+        assert_eq!(
+            sent.decode(false).avail,
+            (0x8005, true),
+            "split: the whole index"
+        );
+        assert_eq!(
+            sent.decode(true),
+            Base {
+                avail: (5, true),
+                used: None
+            },
+            "packed: slot and wrap counter, used = avail"
+        );
+        let both = BaseSource::Sent(0x0003_8005);
+        assert_eq!(both.decode(true).used, Some((3, false)));
+        let saved = Base {
+            avail: (7, false),
+            used: Some((6, false)),
+        };
+        assert_eq!(BaseSource::Saved(saved).decode(false), saved);
+        assert_eq!(BaseSource::default().decode(true).avail, (0, true));
+    }
 }

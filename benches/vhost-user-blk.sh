@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# virtio-blk over vhost-user: fio in a QEMU TCG guest (libaio, O_DIRECT, 1 vCPU, 1 queue)
+# against `oxio vhost-user blk` and against qemu-storage-daemon's vhost-user-blk export, on
+# the same 256 MiB file in /dev/shm, in one run, same workloads in the same order:
+#   1 MiB sequential write and read at QD8, 4 KiB random write and read at QD32.
+# Prints a markdown table with oxio's IOPS ratio to the peer.
+#
+# Usage: [OXIO_BENCH_ONLY=rand-write] benches/vhost-user-blk.sh [SECONDS per workload, default 5]
+# Needs the guest setup (scripts/setup.d/20-guest.sh) and fio on the host (copied into the
+# guest with its libraries). Under TCG the guest's CPU is the bottleneck, so this shows
+# whether the daemon holds the guest back, not the daemon's own ceiling (see the device-side
+# bench of oxio-virtio for that).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OXIO_BENCH_SECONDS=${1:-5}
+exec cargo test --release --locked -p oxio-guest-harness --test vhost_user_blk_bench -- \
+    --ignored --nocapture --test-threads=1
