@@ -4,6 +4,8 @@
 //! oxio-guest exit RC                       report RC to the host through isa-debug-exit
 //! oxio-guest fill  PATH OFFSET LEN SEED    write the shared test pattern, then fsync
 //! oxio-guest check PATH OFFSET LEN SEED    read and compare with the pattern
+//! oxio-guest bench PATH read|write BS TOTAL  sequential O_DIRECT I/O at queue depth 1;
+//!                                          prints `bench OP bs=BS MB/s IOPS`
 //! ```
 //! Numbers accept a `0x` prefix and `K`/`M`/`G` suffixes.
 
@@ -31,7 +33,14 @@ fn main() -> ExitCode {
         ["check", path, offset, len, seed] => {
             (|| check(path, parse(offset)?, parse(len)?, parse(seed)?))()
         }
-        _ => Err("usage: oxio-guest exit RC | fill|check PATH OFFSET LEN SEED".to_string()),
+        ["bench", path, op @ ("read" | "write"), bs, total] => {
+            (|| bench(path, *op == "write", parse(bs)?, parse(total)?))()
+        }
+        _ => Err(
+            "usage: oxio-guest exit RC | fill|check PATH OFFSET LEN SEED | \
+                  bench PATH read|write BS TOTAL"
+                .to_string(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,5 +125,58 @@ fn check(path: &str, offset: u64, len: u64, seed: u64) -> Result<(), String> {
         pos += n as u64;
     }
     println!("oxio-guest: {path} {offset}+{len} matches pattern seed {seed}");
+    Ok(())
+}
+
+/// Sequential O_DIRECT reads or writes of `bs` bytes over the first `total` bytes, one at a
+/// time (what a single synchronous writer sees through the block layer).
+fn bench(path: &str, write: bool, bs: u64, total: u64) -> Result<(), String> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    if bs == 0 || bs % 4096 != 0 || total < bs {
+        return Err("BS must be a positive multiple of 4096 and at most TOTAL".into());
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let len = usize::try_from(bs).map_err(|_| "BS too large")?;
+    let layout = std::alloc::Layout::from_size_align(len, 4096).map_err(|e| e.to_string())?;
+    // SAFETY: the layout has a non-zero size (checked above); the buffer is freed below and
+    // only used as a byte slice of exactly `len` bytes in between.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return Err("out of memory".into());
+    }
+    // SAFETY: `ptr` is a live allocation of `len` zeroed bytes, owned here.
+    let buf = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+    pattern::fill(buf, 0, 1);
+    let ops = total / bs;
+    let start = std::time::Instant::now();
+    let mut result = Ok(());
+    for i in 0..ops {
+        let at = i * bs;
+        let r = if write {
+            file.write_all_at(buf, at)
+        } else {
+            file.read_exact_at(buf, at)
+        };
+        if let Err(e) = r {
+            result = Err(format!("{path} at {at}: {e}"));
+            break;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    // SAFETY: allocated above with this layout; `buf` is not used after this.
+    unsafe { std::alloc::dealloc(ptr, layout) };
+    result?;
+    let bytes = (ops * bs) as f64;
+    println!(
+        "bench {} bs={bs} {:.1} MB/s {:.0} IOPS ({ops} ops in {secs:.2} s)",
+        if write { "write" } else { "read" },
+        bytes / secs / 1e6,
+        ops as f64 / secs
+    );
     Ok(())
 }
