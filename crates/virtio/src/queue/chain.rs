@@ -75,18 +75,30 @@ pub enum ChainError {
 /// Segments a chain holds without allocating.
 pub const INLINE_SEGMENTS: usize = 4;
 
-/// One contiguous piece of a buffer, in guest memory (16 bytes).
+/// One contiguous piece of a buffer, in guest memory (16 bytes). Its lifetime is that of
+/// the guest-memory borrow, so a copied segment cannot outlive the mapping it points into.
 #[derive(Debug, Clone, Copy)]
-pub struct Segment {
+pub struct Segment<'m> {
     ptr: *mut u8,
     len: u32,
+    _mem: PhantomData<&'m GuestMemory>,
 }
 
-impl Segment {
-    const EMPTY: Segment = Segment {
+impl Segment<'_> {
+    const EMPTY: Self = Segment {
         ptr: std::ptr::null_mut(),
         len: 0,
+        _mem: PhantomData,
     };
+
+    #[inline(always)]
+    fn new(ptr: *mut u8, len: u32) -> Self {
+        Segment {
+            ptr,
+            len,
+            _mem: PhantomData,
+        }
+    }
 
     /// Host address of the first byte. Valid while the chain's guest memory is borrowed.
     /// [`GuestMemory::guest_address`] maps it back to a guest address.
@@ -107,7 +119,7 @@ impl Segment {
     /// The segment as a `vm-memory` volatile slice, for zero-copy I/O.
     pub fn as_volatile_slice(&self) -> vm_memory::VolatileSlice<'_> {
         // SAFETY: `ptr..ptr + len` lies inside one guest-memory mapping (checked when the
-        // chain was built) that stays mapped while the chain's `'m` borrow is alive, which
+        // chain was built) that stays mapped while the segment's `'m` borrow is alive, which
         // outlives `&self`.
         unsafe { vm_memory::VolatileSlice::new(self.ptr, self.len as usize) }
     }
@@ -119,9 +131,9 @@ impl Segment {
 /// [`Queue::add_used`](crate::Queue::add_used) and its [`id`](Self::id).
 #[derive(Debug)]
 pub struct DescriptorChain<'m> {
-    inline: [Segment; INLINE_SEGMENTS],
+    inline: [Segment<'m>; INLINE_SEGMENTS],
     /// All segments, once there are more than fit inline (empty and unallocated otherwise).
-    spill: Vec<Segment>,
+    spill: Vec<Segment<'m>>,
     n: u32,
     first_writable: u32,
     readable: u32,
@@ -158,7 +170,7 @@ impl<'m> DescriptorChain<'m> {
     }
 
     #[inline(always)]
-    fn segments(&self) -> &[Segment] {
+    fn segments(&self) -> &[Segment<'m>] {
         let n = self.n as usize;
         if n <= INLINE_SEGMENTS {
             &self.inline[..n]
@@ -192,14 +204,14 @@ impl<'m> DescriptorChain<'m> {
 
     /// The device-readable segments, in order.
     #[inline]
-    pub fn readable(&self) -> &[Segment] {
+    pub fn readable(&self) -> &[Segment<'m>] {
         let segs = self.segments();
         segs.get(..self.split()).unwrap_or(segs)
     }
 
     /// The device-writable segments, in order.
     #[inline]
-    pub fn writable(&self) -> &[Segment] {
+    pub fn writable(&self) -> &[Segment<'m>] {
         self.segments().get(self.split()..).unwrap_or(&[])
     }
 
@@ -217,9 +229,15 @@ impl<'m> DescriptorChain<'m> {
     /// (for example while a backend works on it) without borrowing anything.
     pub fn into_owned(self, mem: &'m GuestMemory) -> OwnedDescriptorChain {
         OwnedDescriptorChain {
+            // Re-tagging the segments 'static is sound: `_mem` keeps the mapping alive for as
+            // long as the owned chain exists, and `chain()` hands them out only for that long.
             chain: DescriptorChain {
-                inline: self.inline,
-                spill: self.spill,
+                inline: self.inline.map(|g| Segment::new(g.ptr, g.len)),
+                spill: self
+                    .spill
+                    .into_iter()
+                    .map(|g| Segment::new(g.ptr, g.len))
+                    .collect(),
                 n: self.n,
                 first_writable: self.first_writable,
                 readable: self.readable,
@@ -305,13 +323,13 @@ impl<'c, 'm> ChainBuilder<'c, 'm> {
         }
         // Fast path: the whole buffer in one region, and room inline.
         match self.mem.translate(addr, u64::from(len), &mut self.hint) {
-            Some(ptr) => self.add(Segment { ptr, len }),
+            Some(ptr) => self.add(Segment::new(ptr, len)),
             None => self.push_pieces(addr, len),
         }
     }
 
     #[inline(always)]
-    fn add(&mut self, seg: Segment) -> Result<(), ChainError> {
+    fn add(&mut self, seg: Segment<'m>) -> Result<(), ChainError> {
         let n = self.chain.n as usize;
         if let Some(slot) = self.chain.inline.get_mut(n) {
             *slot = seg;
@@ -322,7 +340,7 @@ impl<'c, 'm> ChainBuilder<'c, 'm> {
     }
 
     #[cold]
-    fn add_spilled(&mut self, seg: Segment) -> Result<(), ChainError> {
+    fn add_spilled(&mut self, seg: Segment<'m>) -> Result<(), ChainError> {
         if self.chain.n >= self.max_segments {
             return Err(ChainError::TooManySegments(self.max_segments as usize));
         }
@@ -337,14 +355,11 @@ impl<'c, 'm> ChainBuilder<'c, 'm> {
 
     #[cold]
     fn push_pieces(&mut self, addr: u64, len: u32) -> Result<(), ChainError> {
-        let mut pieces: Vec<Segment> = Vec::new();
+        let mut pieces: Vec<Segment<'m>> = Vec::new();
         self.mem
             .for_each_piece(addr, u64::from(len), &mut self.hint, |ptr, l| {
                 // Pieces of a `u32`-long buffer are `u32`-long.
-                pieces.push(Segment {
-                    ptr,
-                    len: u32::try_from(l).unwrap_or(u32::MAX),
-                });
+                pieces.push(Segment::new(ptr, u32::try_from(l).unwrap_or(u32::MAX)));
             })
             .ok_or(ChainError::OutOfMemory { addr, len })?;
         for seg in pieces {

@@ -14,7 +14,7 @@ use super::chain::Segment;
 /// Cursor over a list of segments.
 #[derive(Debug, Clone)]
 struct Cursor<'a> {
-    segs: &'a [Segment],
+    segs: &'a [Segment<'a>],
     /// Offset into `segs[0]`.
     offset: u32,
     /// Bytes left in all segments.
@@ -22,7 +22,7 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    fn new(segs: &'a [Segment], total: u32) -> Self {
+    fn new(segs: &'a [Segment<'a>], total: u32) -> Self {
         Self {
             segs,
             offset: 0,
@@ -68,7 +68,7 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(segs: &'a [Segment], total: u32) -> Self {
+    pub(crate) fn new(segs: &'a [Segment<'a>], total: u32) -> Self {
         Self {
             cur: Cursor::new(segs, total),
         }
@@ -121,7 +121,7 @@ pub struct Writer<'a> {
 }
 
 impl<'a> Writer<'a> {
-    pub(crate) fn new(segs: &'a [Segment], total: u32) -> Self {
+    pub(crate) fn new(segs: &'a [Segment<'a>], total: u32) -> Self {
         Self {
             cur: Cursor::new(segs, total),
             written: 0,
