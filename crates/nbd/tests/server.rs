@@ -514,3 +514,20 @@ fn shutdown_drains_requests_still_in_the_backend() {
     assert!(c.closed());
     r.done.join().unwrap();
 }
+
+#[test]
+fn a_live_servers_socket_is_not_stolen_but_a_stale_one_is_replaced() {
+    let r = start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let err = Listener::unix(&r.path).unwrap_err().to_string();
+        assert!(err.contains("Cannot listen"), "{err}");
+    });
+    let stale = r.path.with_file_name("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    rt.block_on(async { Listener::unix(&stale).unwrap() });
+    stop(r);
+}

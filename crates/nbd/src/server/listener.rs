@@ -44,12 +44,20 @@ impl Listener {
     }
 
     /// Binds a Unix listener at `path`, replacing a stale socket file left by a previous run
-    /// (but never a regular file).
+    /// (but never a regular file, nor the socket of a server that still answers).
     pub fn unix(path: &Path) -> Result<Self> {
         use std::os::unix::fs::FileTypeExt;
         let err = |e| ServerError::Listen(format!("unix {}", path.display()), e);
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if meta.file_type().is_socket() {
+                // A live server answers: never steal its path.
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    let busy = std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "another server is listening there",
+                    );
+                    return Err(err(busy));
+                }
                 std::fs::remove_file(path).map_err(err)?;
             }
         }
