@@ -7,11 +7,14 @@
 #       moving frames of the same sizes in the same pattern through the same batched socket
 #       code, with no protocol work; and
 #   (b) one request outstanding at a time (the seed oxmem-nbd's original design): --depth 1.
-# Prints a Markdown table of MB/s and ratios. Usage: benches/omnixtend-veth.sh [SECONDS]
+# Each measurement is repeated ROUNDS times, interleaved, and the median is reported (the
+# machine is shared). Prints a Markdown table of MB/s and ratios; raw values go to stderr.
+# Usage: benches/omnixtend-veth.sh [SECONDS_PER_MEASUREMENT=2] [ROUNDS=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "needs root"; exit 1; }
-SECS=${1:-3}
+SECS=${1:-2}
+ROUNDS=${2:-3}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 cargo build --release -q -p oxio --bin oxio
 cargo build --release -q -p oxio-omnixtend --example raw_ceiling
@@ -38,7 +41,13 @@ A() { ip netns exec "$NA" "$@"; }
 json() { python3 -c "import json,sys; d=json.loads(sys.stdin.readline()); print($1)"; }
 field() { grep "\"phase\":\"$1\"" | json "$2"; }
 
-echo "| MTU | transfer | direction | ceiling MB/s | oxio pipelined MB/s (depth) | % of ceiling | one-outstanding MB/s | ratio to one-outstanding | oxio p50/p99 µs | one-outstanding p50/p99 µs |"
+median() { python3 -c "import statistics,sys; print('%.1f' % statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+start_bg() { ip netns exec "$NB" "$@" 2>/dev/null & BG=$!; sleep 0.3; }
+stop_bg() { kill "$BG"; wait "$BG" 2>/dev/null || true; BG=; }
+
+echo "Median of $ROUNDS interleaved rounds of $SECS s per measurement; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "| MTU | transfer | direction | ceiling MB/s | oxio pipelined MB/s (depth 128) | % of ceiling | one-outstanding MB/s | pipelined / one-outstanding | oxio p50/p99 µs | one-outstanding p50/p99 µs |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for cfg in "1500 1024" "9000 8192"; do
     set -- $cfg
@@ -47,28 +56,35 @@ for cfg in "1500 1024" "9000 8192"; do
     ip -n "$NB" link set vb mtu "$MTU"
     PUT=$((14 + 8 + 16 + XFER + 8))   # one PutFullData per frame
     ACKDATA=$((14 + 8 + 8 + XFER + 8)) # one AccessAckData per frame
-    ip netns exec "$NB" "$RAW" echo vb & BG=$!
-    sleep 0.3
-    # Writes: a PutFullData-sized frame out, a small ack frame back.
-    CW=$(A "$RAW" blast va $NODE_MAC $PUT 70 1 64 "$SECS" 1 | json 'd["payload_mb_per_s"]')
-    # Reads: a small frame of coalesced Gets out (16 per frame), 16 AccessAckData frames back.
-    CR=$(A "$RAW" blast va $NODE_MAC 302 $ACKDATA 16 8 "$SECS" 0 | json 'd["payload_mb_per_s"]')
-    kill "$BG"; wait "$BG" 2>/dev/null || true; BG=
-    ip netns exec "$NB" "$OXIO" memory-node --netdev vb --size 256M --stats-interval 0 2>/dev/null & BG=$!
-    sleep 0.3
-    P=$(A "$OXIO" omnixtend probe --netdev va --mac $NODE_MAC --size 256M --block "$XFER" --depth 128 \
-        --seconds "$SECS" --json 2>/dev/null)
-    S=$(A "$OXIO" omnixtend probe --netdev va --mac $NODE_MAC --size 256M --block "$XFER" --depth 1 \
-        --seconds "$SECS" --json 2>/dev/null)
-    kill "$BG"; wait "$BG" 2>/dev/null || true; BG=
+    declare -A V=()
+    for r in $(seq "$ROUNDS"); do
+        start_bg "$RAW" echo vb
+        # Writes: a PutFullData-sized frame out, a small ack frame back, 128 in flight.
+        V[cw]+=" $(A "$RAW" blast va $NODE_MAC $PUT 70 1 128 "$SECS" 1 | json 'd["payload_mb_per_s"]')"
+        # Reads: a small frame of coalesced Gets out (16 per frame), 16 AccessAckData frames back.
+        V[cr]+=" $(A "$RAW" blast va $NODE_MAC 302 $ACKDATA 16 8 "$SECS" 0 | json 'd["payload_mb_per_s"]')"
+        stop_bg
+        start_bg "$OXIO" memory-node --netdev vb --size 256M --stats-interval 0
+        for depth in 128 1; do
+            OUT=$(A "$OXIO" omnixtend probe --netdev va --mac $NODE_MAC --size 256M --block "$XFER" \
+                --depth $depth --seconds "$SECS" --json 2>/dev/null)
+            for dir in write read; do
+                V[$dir$depth]+=" $(echo "$OUT" | field $dir 'd["mb_per_s"]')"
+                V[${dir}lat$depth]+=" $(echo "$OUT" | field $dir '"%.0f/%.0f" % (d["lat_us"]["p50"], d["lat_us"]["p99"])')"
+            done
+        done
+        stop_bg
+    done
     for dir in write read; do
-        C=$CW; [ $dir = read ] && C=$CR
-        PM=$(echo "$P" | field $dir 'd["mb_per_s"]')
-        SM=$(echo "$S" | field $dir 'd["mb_per_s"]')
-        PL=$(echo "$P" | field $dir '"%.0f/%.0f" % (d["lat_us"]["p50"], d["lat_us"]["p99"])')
-        SL=$(echo "$S" | field $dir '"%.0f/%.0f" % (d["lat_us"]["p50"], d["lat_us"]["p99"])')
+        C=$(median ${V[cw]}); [ $dir = read ] && C=$(median ${V[cr]})
+        PM=$(median ${V[${dir}128]})
+        SM=$(median ${V[${dir}1]})
+        PL=$(echo ${V[${dir}lat128]} | tr ' ' '\n' | sort -t/ -n -k1 | sed -n "$(( (ROUNDS + 1) / 2 ))p")
+        SL=$(echo ${V[${dir}lat1]} | tr ' ' '\n' | sort -t/ -n -k1 | sed -n "$(( (ROUNDS + 1) / 2 ))p")
         PCT=$(python3 -c "print('%.0f %%' % (100*$PM/$C))")
         RB=$(python3 -c "print('%.1fx' % ($PM/$SM))")
-        echo "| $MTU | $XFER B | $dir | $C | $PM (128) | $PCT | $SM | $RB | $PL | $SL |"
+        echo "| $MTU | $XFER B | $dir | $C | $PM | $PCT | $SM | $RB | $PL | $SL |"
     done
+    echo "raw values MTU $MTU: ceiling write${V[cw]}; ceiling read${V[cr]}; write128${V[write128]}; read128${V[read128]}; write1${V[write1]}; read1${V[read1]}" >&2
+    unset V
 done
