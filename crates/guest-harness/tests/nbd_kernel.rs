@@ -17,6 +17,10 @@ fn oxmem_nbd_ioctl_attach_carries_ext4() {
         "--backend memory --attach ioctl --size 128M --device /dev/nbd0",
         &["nbd0"],
     ) + &ext4_round_trip("nbd0", 8)
+        // A second oxmem-nbd on the same device is refused and leaves the first one serving.
+        + "! oxmem-nbd --backend memory --size 128M --device /dev/nbd0 2>/tmp/second.log
+           cat /tmp/second.log; grep -q 'is in use' /tmp/second.log
+           oxio-guest bench /dev/nbd0 read 4K 1M\n"
         // SIGUSR1 prints live statistics.
         + "kill -USR1 $OXMEM; i=0; until grep -q 'nbd0: connections 1 (1 active)' /tmp/oxmem.log; do i=$((i + 1)); [ $i -lt 100 ]; sleep 0.1; done\n"
         + "stop_oxmem\n";

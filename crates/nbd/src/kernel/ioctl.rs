@@ -55,6 +55,17 @@ impl IoctlDevice {
     /// the caller's descriptors may be closed afterwards).
     pub fn configure(&self, config: &DeviceConfig, sockets: &[OwnedFd]) -> Result<(), KernelError> {
         config.validate(sockets.len())?;
+        // CLEAR_SOCK below would tear down a live device of another process: refuse first.
+        if let Some(pid) = self.serving_pid() {
+            return Err(KernelError::Config {
+                reason: format!(
+                    "{} is in use (connected, sysfs pid {pid}); disconnect it first (`nbd-client -d {}`) \
+                     or pick another --device",
+                    self.path.display(),
+                    self.path.display()
+                ),
+            });
+        }
         // A device left configured by a crashed process refuses SET_SOCK with EBUSY only
         // while its DO_IT runs; clearing first is what nbd-client does too.
         self.ioctl("NBD_CLEAR_SOCK", NBD_CLEAR_SOCK, 0)?;
@@ -73,6 +84,13 @@ impl IoctlDevice {
             self.ioctl("NBD_SET_SOCK", NBD_SET_SOCK, fd)?;
         }
         Ok(())
+    }
+
+    /// The pid the kernel shows in `/sys/block/nbdN/pid` while the device is connected.
+    fn serving_pid(&self) -> Option<String> {
+        let name = self.path.file_name()?.to_str()?;
+        let pid = std::fs::read_to_string(format!("/sys/block/{name}/pid")).ok()?;
+        Some(pid.trim().to_string()).filter(|p| !p.is_empty())
     }
 
     /// Runs the device: blocks in `NBD_DO_IT` until every connection has ended (after
