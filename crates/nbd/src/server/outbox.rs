@@ -20,6 +20,8 @@ const SEGMENT_MAX: usize = 1 << 20;
 const POOL_MAX: usize = 64;
 /// Largest buffer kept for reuse.
 const POOL_BUF_MAX: usize = 1 << 20;
+/// Most bytes kept in the pool per connection (bounds idle memory with many connections).
+const POOL_BYTES_MAX: usize = 8 << 20;
 /// Most slices handed to one `writev`.
 pub(crate) const MAX_IOV: usize = 64;
 
@@ -54,6 +56,7 @@ pub(crate) struct Outbox {
     pending: usize,
     spare: Vec<Vec<u8>>,
     pool: Vec<IoBuf>,
+    pool_bytes: usize,
 }
 
 impl Outbox {
@@ -70,6 +73,7 @@ impl Outbox {
     pub(crate) fn take_buf(&mut self, len: usize) -> IoBuf {
         if let Some(pos) = self.pool.iter().rposition(|b| b.capacity() >= len) {
             let mut b = self.pool.swap_remove(pos);
+            self.pool_bytes -= b.capacity();
             if b.set_len(len) {
                 return b;
             }
@@ -79,7 +83,9 @@ impl Outbox {
 
     /// Returns a buffer to the pool.
     pub(crate) fn recycle(&mut self, buf: IoBuf) {
-        if buf.capacity() <= POOL_BUF_MAX && self.pool.len() < POOL_MAX {
+        let fits = self.pool_bytes + buf.capacity() <= POOL_BYTES_MAX;
+        if buf.capacity() <= POOL_BUF_MAX && self.pool.len() < POOL_MAX && fits {
+            self.pool_bytes += buf.capacity();
             self.pool.push(buf);
         }
     }
