@@ -65,9 +65,9 @@ impl Memory {
             file.set_len(size).map_err(file_err)?;
         }
         let len = usize::try_from(size).map_err(|_| MemoryError::TooLarge(size))?;
-        // SAFETY: the mapping is private to this process's view of the file; another process
-        // truncating the file underneath would fault, which is the documented risk of serving
-        // a file that others modify. The node is the file's only writer by contract.
+        // SAFETY: a shared mapping of a file we opened read-write and sized to `len`. Memory
+        // safety holds as long as no other process truncates the file while it is mapped (that
+        // would fault on access); the node is documented as the file's only user.
         let map = unsafe { MmapOptions::new().len(len).map_mut(&file) }
             .map_err(|source| MemoryError::Map { size, source })?;
         Ok(Memory { map, base })

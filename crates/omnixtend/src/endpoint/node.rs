@@ -138,17 +138,7 @@ impl EndpointCore {
         let mut s = self.stats;
         s.peers = self.peers.len();
         for p in self.peers.values() {
-            let l = p.link.stats();
-            s.link.frames_sent += l.frames_sent;
-            s.link.frames_replayed += l.frames_replayed;
-            s.link.frames_accepted += l.frames_accepted;
-            s.link.duplicates += l.duplicates;
-            s.link.out_of_order += l.out_of_order;
-            s.link.naks_sent += l.naks_sent;
-            s.link.timeouts += l.timeouts;
-            s.link.malformed += l.malformed;
-            s.link.deferred += l.deferred;
-            s.link.ack_only_sent += l.ack_only_sent;
+            add_link_stats(&mut s.link, &p.link.stats());
         }
         s
     }
@@ -222,7 +212,9 @@ impl EndpointCore {
         match idlest {
             Some((mac, last)) if now.saturating_duration_since(last) >= Duration::from_secs(1) => {
                 tracing::info!(peer = %mac, "peer table full; forgetting the idlest peer");
-                self.peers.remove(&mac);
+                if let Some(p) = self.peers.remove(&mac) {
+                    add_link_stats(&mut self.stats.link, &p.link.stats());
+                }
                 true
             }
             _ => false,
@@ -271,6 +263,7 @@ impl EndpointCore {
             sent += peer.link.poll_transmit(now, &mut src, budget, out);
         }
         let idle_timeout = self.cfg.idle_timeout;
+        let retired = &mut self.stats.link;
         self.peers.retain(|mac, p| {
             let done = p.link.peer_closed() && p.link.close_complete();
             let idle = now.saturating_duration_since(p.last_rx) >= idle_timeout;
@@ -278,6 +271,9 @@ impl EndpointCore {
                 tracing::info!(peer = %mac, "connection closed");
             } else if idle {
                 tracing::info!(peer = %mac, "connection idle for {idle_timeout:?}; forgotten");
+            }
+            if done || idle {
+                add_link_stats(retired, &p.link.stats());
             }
             !done && !idle
         });
@@ -287,6 +283,30 @@ impl EndpointCore {
     /// When `poll_transmit` must next run.
     pub fn poll_at(&self) -> Option<Instant> {
         self.peers.values().filter_map(|p| p.link.poll_at()).min()
+    }
+}
+
+/// Adds one link's counters to a total (links of departed peers stay counted).
+fn add_link_stats(total: &mut LinkStats, l: &LinkStats) {
+    total.frames_sent += l.frames_sent;
+    total.frames_replayed += l.frames_replayed;
+    total.ack_only_sent += l.ack_only_sent;
+    total.frames_accepted += l.frames_accepted;
+    total.duplicates += l.duplicates;
+    total.out_of_order += l.out_of_order;
+    total.naks_sent += l.naks_sent;
+    total.naks_received += l.naks_received;
+    total.timeouts += l.timeouts;
+    total.malformed += l.malformed;
+    total.deferred += l.deferred;
+}
+
+impl EndpointCore {
+    /// Whether no response is queued or awaiting acknowledgement (for a draining shutdown).
+    pub fn drained(&self) -> bool {
+        self.peers
+            .values()
+            .all(|p| p.responses.queue.is_empty() && p.link.in_flight() == 0)
     }
 }
 
@@ -310,7 +330,16 @@ pub fn serve_with(
     tick: &mut dyn FnMut(&EndpointCore),
 ) -> std::io::Result<()> {
     let mut next_tick = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        // On stop, keep serving briefly so queued responses go out and are acknowledged.
+        if stop.load(Ordering::Relaxed) {
+            let until =
+                *drain_until.get_or_insert_with(|| Instant::now() + Duration::from_millis(500));
+            if core.drained() || Instant::now() >= until {
+                break;
+            }
+        }
         if Instant::now() >= next_tick {
             tick(core);
             next_tick = Instant::now() + Duration::from_millis(100);
