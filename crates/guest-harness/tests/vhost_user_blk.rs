@@ -45,7 +45,10 @@ impl Daemon {
             .arg("--backend")
             .arg(format!("file:{}", image.display()))
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("OXIO_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))

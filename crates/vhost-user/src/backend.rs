@@ -266,12 +266,16 @@ impl<D: VirtioDevice> Backend<D> {
         let packed = self.packed();
         let vring = self.vring(index)?;
         vring.kick = None; // the vring is stopped until the next SET_VRING_KICK
-        let (idx, wrap) = vring.base.decode(packed).avail;
+        let base = vring.base.decode(packed);
+        // Packed: avail slot and wrap counter in the low half, the used ones in the high half
+        // (QEMU restores both from it).
+        let pack = |(idx, wrap): (u16, bool)| u32::from(idx & 0x7fff) | (u32::from(wrap) << 15);
         let num = if packed {
-            u32::from(idx & 0x7fff) | (u32::from(wrap) << 15)
+            pack(base.avail) | (pack(base.used.unwrap_or(base.avail)) << 16)
         } else {
-            u32::from(idx)
+            u32::from(base.avail.0)
         };
+        tracing::debug!(index, num = format_args!("{num:#x}"), "vring stopped");
         self.refresh();
         Ok(num)
     }

@@ -33,15 +33,18 @@ fn unsupported<T>(what: &'static str) -> Result<T> {
 
 impl<D: VirtioDevice> VhostUserBackendReqHandlerMut for Backend<D> {
     fn set_owner(&mut self) -> Result<()> {
+        tracing::debug!("SET_OWNER");
         Ok(())
     }
 
     fn reset_owner(&mut self) -> Result<()> {
+        tracing::debug!("RESET_OWNER");
         self.reset_device();
         Ok(())
     }
 
     fn reset_device(&mut self) -> Result<()> {
+        tracing::debug!("RESET_DEVICE");
         Backend::reset_device(self);
         Ok(())
     }
@@ -51,6 +54,7 @@ impl<D: VirtioDevice> VhostUserBackendReqHandlerMut for Backend<D> {
     }
 
     fn set_features(&mut self, features: u64) -> Result<()> {
+        tracing::debug!(features = format_args!("{features:#x}"), "SET_FEATURES");
         Ok(Backend::set_features(self, features)?)
     }
 
@@ -60,6 +64,7 @@ impl<D: VirtioDevice> VhostUserBackendReqHandlerMut for Backend<D> {
         files: Vec<File>,
         _postcopy_listening: Option<bool>,
     ) -> Result<Option<Vec<VhostUserMemoryRegionBase>>> {
+        tracing::debug!(regions = ctx.len(), "SET_MEM_TABLE");
         let regions: Vec<RegionInfo> = ctx.iter().map(RegionInfo::from).collect();
         let table = MemoryTable::map(&regions, files).map_err(BackendError::from)?;
         Backend::set_mem_table(self, table);
@@ -67,6 +72,7 @@ impl<D: VirtioDevice> VhostUserBackendReqHandlerMut for Backend<D> {
     }
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> Result<()> {
+        tracing::debug!(index, num, "SET_VRING_NUM");
         Ok(Backend::set_vring_num(self, index, num)?)
     }
 
@@ -79,6 +85,13 @@ impl<D: VirtioDevice> VhostUserBackendReqHandlerMut for Backend<D> {
         available: u64,
         _log: u64,
     ) -> Result<()> {
+        tracing::debug!(
+            index,
+            descriptor = format_args!("{descriptor:#x}"),
+            used = format_args!("{used:#x}"),
+            available = format_args!("{available:#x}"),
+            "SET_VRING_ADDR"
+        );
         let addrs = RingAddresses {
             desc: descriptor,
             driver: available,
@@ -88,10 +101,12 @@ impl<D: VirtioDevice> VhostUserBackendReqHandlerMut for Backend<D> {
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> Result<()> {
+        tracing::debug!(index, base = format_args!("{base:#x}"), "SET_VRING_BASE");
         Ok(Backend::set_vring_base(self, index, base)?)
     }
 
     fn get_vring_base(&mut self, index: u32) -> Result<VhostUserVringState> {
+        tracing::debug!(index, "GET_VRING_BASE");
         // Must reply with data: a bad index ends the session instead of leaving the
         // frontend waiting for an answer.
         let num = Backend::get_vring_base(self, index)
@@ -100,10 +115,12 @@ impl<D: VirtioDevice> VhostUserBackendReqHandlerMut for Backend<D> {
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> Result<()> {
+        tracing::debug!(index, fd = fd.is_some(), "SET_VRING_KICK");
         Ok(Backend::set_vring_kick(self, index, fd)?)
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> Result<()> {
+        tracing::debug!(index, fd = fd.is_some(), "SET_VRING_CALL");
         Ok(Backend::set_vring_call(self, index, fd)?)
     }
 
@@ -117,6 +134,10 @@ impl<D: VirtioDevice> VhostUserBackendReqHandlerMut for Backend<D> {
     }
 
     fn set_protocol_features(&mut self, features: u64) -> Result<()> {
+        tracing::debug!(
+            features = format_args!("{features:#x}"),
+            "SET_PROTOCOL_FEATURES"
+        );
         let ours = (PROTOCOL_FEATURES | VhostUserProtocolFeatures::REPLY_ACK).bits();
         if features & !ours != 0 {
             return Err(BackendError::Features(features).into());
@@ -130,6 +151,7 @@ impl<D: VirtioDevice> VhostUserBackendReqHandlerMut for Backend<D> {
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {
+        tracing::debug!(index, enable, "SET_VRING_ENABLE");
         Ok(Backend::set_vring_enable(self, index, enable)?)
     }
 
@@ -143,6 +165,7 @@ impl<D: VirtioDevice> VhostUserBackendReqHandlerMut for Backend<D> {
     }
 
     fn set_config(&mut self, offset: u32, buf: &[u8], _flags: VhostUserConfigFlags) -> Result<()> {
+        tracing::debug!(offset, len = buf.len(), "SET_CONFIG");
         if buf.len() > MAX_CONFIG_LEN {
             return Err(
                 BackendError::ConfigSize(u32::try_from(buf.len()).unwrap_or(u32::MAX)).into(),
