@@ -385,3 +385,51 @@ fn packed_rings_report_wrap_counters_and_resume() {
     server.join().unwrap().unwrap();
     drop(frontend);
 }
+
+#[test]
+fn garbage_from_a_frontend_ends_only_that_session() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vu.sock");
+    let daemon = Arc::new(Daemon::bind(&sock, Echo::default()).unwrap());
+    let shutdown = Shutdown::new().unwrap();
+    let server = {
+        let (d, s) = (daemon.clone(), shutdown.clone());
+        std::thread::spawn(move || d.serve(&s))
+    };
+    let junk: [&[u8]; 4] = [
+        // An unknown request code with version 1 and no payload.
+        &[0xff, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+        // SET_MEM_TABLE (5) claiming a payload that never comes, then EOF.
+        &[5, 0, 0, 0, 1, 0, 0, 0, 0xff, 0xff, 0, 0],
+        // A short header, then EOF.
+        &[1, 0, 0],
+        // Random bytes.
+        b"GET / HTTP/1.1\r\nHost: vhost\r\n\r\n",
+    ];
+    for bytes in junk {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let _ = s.write_all(bytes);
+        drop(s);
+    }
+    // A frontend that negotiates and leaves without setting anything up.
+    let frontend = connect(&sock);
+    frontend.set_owner().unwrap();
+    frontend.get_features().unwrap();
+    drop(frontend);
+
+    let mut guest = Guest::new(false);
+    let mut frontend = connect(&sock);
+    let vrings = set_up(&mut frontend, &guest, [0, 0]);
+    echo_once(&mut guest, &vrings, 0, b"still here");
+    assert_eq!(
+        daemon
+            .stats()
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        6
+    );
+    shutdown.trigger();
+    server.join().unwrap().unwrap();
+    drop(frontend);
+}
