@@ -36,6 +36,9 @@ fn oxmem_nbd_netlink_attach_two_devices_two_connections() {
         &["nbd1", "nbd2"],
     ) + "[ \"$(cat /sys/block/nbd1/size)\" = 262144 ] && [ \"$(cat /sys/block/nbd2/size)\" = 262144 ]
          cat /sys/block/nbd1/backend | grep -q oxmem-nbd
+         oxmem-nbd --status | tee /tmp/status
+         grep -qx 'nbd1 connected' /tmp/status && grep -qx 'nbd2 connected' /tmp/status
+         grep -qx 'nbd3 disconnected' /tmp/status
          oxio-guest fill /dev/nbd2 0 4M 22
 "
         + &ext4_round_trip("nbd1", 8)

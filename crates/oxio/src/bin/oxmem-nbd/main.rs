@@ -15,6 +15,7 @@ use oxio_block::file::{FileBackend, FileOptions};
 use oxio_block::memory::MemoryBackend;
 use oxio_block::omnixtend::OmnixtendBackend;
 use oxio_block::{parse_size, SharedBackend};
+use oxio_nbd::kernel::netlink::NbdNetlink;
 use oxio_nbd::kernel::{
     prepare_process, AttachMethod, AttachOptions, Attachment, DeviceConfig, KernelError, ServeFn,
 };
@@ -46,8 +47,8 @@ struct Args {
     #[arg(long)]
     mac: Option<String>,
     /// Bytes of memory to expose, in total over all devices: 4096, 512M, 8G.
-    #[arg(long, value_parser = parse_size_arg)]
-    size: u64,
+    #[arg(long, value_parser = parse_size_arg, required_unless_present = "status")]
+    size: Option<u64>,
     /// Address of the first byte on the memory device (0x-prefixed hex or decimal).
     #[arg(long, default_value = "0x0", value_parser = parse_addr)]
     base: u64,
@@ -98,6 +99,17 @@ struct Args {
     /// devices' --dead-conn-timeout has not expired, and needs the same --backend and --base.
     #[arg(long, requires = "dead_conn_timeout")]
     reconnect: bool,
+    /// Print every NBD device the kernel has, and whether it is connected, then exit
+    /// (generic netlink STATUS).
+    #[arg(long)]
+    status: bool,
+}
+
+impl Args {
+    /// --size (clap requires it unless --status).
+    fn size(&self) -> u64 {
+        self.size.unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,13 +174,14 @@ struct Slice {
 
 fn slices(args: &Args) -> Result<Vec<Slice>, String> {
     let first = first_index(&args.device)?;
-    let each = args.size / u64::from(args.num);
+    let each = args.size() / u64::from(args.num);
     let block = u64::from(args.block_size.max(1));
     if each == 0 || each % block != 0 {
         return Err(format!(
             "--size {} split into --num {} devices gives {each} bytes each, which is not a \
              positive multiple of the block size {block}",
-            args.size, args.num
+            args.size(),
+            args.num
         ));
     }
     (0..args.num)
@@ -193,15 +206,15 @@ fn slices(args: &Args) -> Result<Vec<Slice>, String> {
 /// OmniXtend requester behind it (closed at exit, as the seed closed its connection).
 fn open_whole(args: &Args) -> Result<(SharedBackend, Option<Arc<Requester>>), BoxError> {
     match &args.backend {
-        Backend::Memory => Ok((Arc::new(MemoryBackend::new(args.size)?), None)),
+        Backend::Memory => Ok((Arc::new(MemoryBackend::new(args.size())?), None)),
         Backend::File(path) => {
             let backend: SharedBackend = Arc::new(FileBackend::open(path, FileOptions::default())?);
             let have = backend.capabilities().size;
-            if have < args.size {
+            if have < args.size() {
                 return Err(format!(
                     "{} holds {have} bytes, less than --size {}",
                     path.display(),
-                    args.size
+                    args.size()
                 )
                 .into());
             }
@@ -246,13 +259,13 @@ fn connect_omnixtend(args: &Args) -> Result<Requester, BoxError> {
                 )
             }
         };
-    let mut cfg = RequesterConfig::new(local, node, args.size).with_mtu(mtu);
+    let mut cfg = RequesterConfig::new(local, node, args.size()).with_mtu(mtu);
     cfg.base = args.base;
     cfg.lane_order = args.lane_order;
     if args.c_compat {
         cfg = cfg.c_compatible();
     }
-    tracing::info!(%node, %local, mtu, base = args.base, size = args.size, "connecting to the memory node");
+    tracing::info!(%node, %local, mtu, base = args.base, size = args.size(), "connecting to the memory node");
     Requester::connect(cfg, transport, Duration::from_secs(args.connect_timeout))
         .map_err(|e| format!("cannot reach the memory node {node}: {e}").into())
 }
@@ -312,7 +325,25 @@ fn attach(
     Ok((attachment, export))
 }
 
+/// `--status`: one line per device, `nbdN connected|disconnected`.
+fn print_status() -> Result<(), BoxError> {
+    let mut devices = NbdNetlink::open()?.status(None)?;
+    devices.sort_by_key(|d| d.index);
+    for device in devices {
+        let state = if device.connected {
+            "connected"
+        } else {
+            "disconnected"
+        };
+        println!("nbd{} {state}", device.index);
+    }
+    Ok(())
+}
+
 fn run(args: &Args) -> Result<(), BoxError> {
+    if args.status {
+        return print_status();
+    }
     let prep = prepare_process();
     if let Err(err) = &prep.mlockall {
         tracing::warn!("mlockall failed ({err}): pages may be swapped out under memory pressure");
@@ -457,7 +488,7 @@ mod tests {
             "--base=0x1000",
             "--device=/dev/nbd2",
         ]);
-        assert_eq!(a.size, 8 << 20);
+        assert_eq!(a.size(), 8 << 20);
         assert_eq!(a.base, 0x1000);
         assert_eq!(a.backend, Backend::Omnixtend);
         assert_eq!(first_index(&a.device).unwrap(), 2);
