@@ -36,14 +36,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(sock: &Path, image: &Path, extra: &[&str]) -> Daemon {
+        Self::start_spec(sock, &format!("file:{}", image.display()), extra)
+    }
+
+    fn start_spec(sock: &Path, backend: &str, extra: &[&str]) -> Daemon {
         let oxio = static_binary("oxio", "oxio").unwrap();
         let log = sock.with_extension("log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(oxio)
             .args(["vhost-user", "blk", "--socket"])
             .arg(sock)
-            .arg("--backend")
-            .arg(format!("file:{}", image.display()))
+            .args(["--backend", backend])
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -370,4 +373,32 @@ fn daemon_killed_while_the_guest_writes_is_restarted_and_nothing_acknowledged_is
     let data = std::fs::read(&image).unwrap();
     let total = usize::try_from(CHUNKS * CHUNK).unwrap();
     assert_eq!(pattern::first_mismatch(&data[..total], 0, SEED_GUEST), None);
+}
+
+#[test]
+fn memory_backend_holds_an_ext4_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vu.sock");
+    let daemon = Daemon::start_spec(&sock, "memory:64M", &["--serial", "ramdisk-1"]);
+    let g = guest("vhost-user-blk-memory", &sock, "")
+        .host_program("mkfs.ext4")
+        .script(&format!(
+            "wait_for /dev/vda
+             test \"$(cat /sys/block/vda/size)\" = {sectors}
+             test \"$(cat /sys/block/vda/serial)\" = ramdisk-1
+             oxio-guest fill /dev/vda 48M 4M {SEED_GUEST}
+             mkfs.ext4 -q -F /dev/vda 32M
+             mount -t ext4 /dev/vda /mnt
+             touch /mnt/file
+             oxio-guest fill /mnt/file 0 2M {SEED_HOST}
+             umount /mnt
+             echo 3 > /proc/sys/vm/drop_caches
+             mount -t ext4 -o ro /dev/vda /mnt
+             oxio-guest check /mnt/file 0 2M {SEED_HOST}
+             umount /mnt
+             oxio-guest check /dev/vda 48M 4M {SEED_GUEST}",
+            sectors = DISK / 512,
+        ));
+    run(g, &daemon);
+    daemon.stop();
 }
