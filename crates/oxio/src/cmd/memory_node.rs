@@ -66,6 +66,10 @@ pub struct MemoryNodeArgs {
     /// MTU of the path (default: the interface's MTU, 1500 with --udp).
     #[arg(long)]
     pub mtu: Option<usize>,
+    /// Microseconds to keep polling the raw socket before sleeping (fewer wake-ups under
+    /// load, more CPU; 0 = always sleep).
+    #[arg(long, default_value_t = 0)]
+    pub busy_poll_us: u64,
     /// Seconds between counter log lines (0 = never).
     #[arg(long, default_value_t = 10)]
     pub stats_interval: u64,
@@ -114,7 +118,8 @@ pub fn run(args: MemoryNodeArgs) -> Result<(), CmdError> {
     let (mut transport, mac, mtu): (Box<dyn Transport>, MacAddr, usize) =
         match (&args.netdev, args.udp) {
             (Some(dev), _) => {
-                let sock = PacketSocket::open(dev)?;
+                let mut sock = PacketSocket::open(dev)?;
+                sock.set_busy_poll(std::time::Duration::from_micros(args.busy_poll_us));
                 let mac = args.mac.unwrap_or(sock.mac());
                 let mtu = args.mtu.unwrap_or(sock.mtu());
                 (Box::new(sock), mac, mtu)

@@ -83,6 +83,10 @@ pub struct ProbeArgs {
     /// Behave like the C driver on the wire (for its memory nodes).
     #[arg(long)]
     pub c_compat: bool,
+    /// Microseconds to keep polling the raw socket before sleeping (fewer wake-ups under
+    /// load, more CPU; 0 = always sleep).
+    #[arg(long, default_value_t = 0)]
+    pub busy_poll_us: u64,
     /// Print one JSON object per phase on stdout.
     #[arg(long)]
     pub json: bool,
@@ -154,7 +158,8 @@ fn connect(args: &ProbeArgs) -> Result<Requester, CmdError> {
     let (transport, local, mtu): (Box<dyn Transport>, MacAddr, usize) =
         match (&args.netdev, args.udp) {
             (Some(dev), _) => {
-                let sock = PacketSocket::open(dev)?;
+                let mut sock = PacketSocket::open(dev)?;
+                sock.set_busy_poll(std::time::Duration::from_micros(args.busy_poll_us));
                 let local = args.local_mac.unwrap_or(sock.mac());
                 let mtu = args.mtu.unwrap_or(sock.mtu());
                 (Box::new(sock), local, mtu)
