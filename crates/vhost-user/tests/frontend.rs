@@ -433,3 +433,67 @@ fn garbage_from_a_frontend_ends_only_that_session() {
     server.join().unwrap().unwrap();
     drop(frontend);
 }
+
+#[test]
+fn an_enabled_vring_the_driver_never_set_up_is_left_out() {
+    // QEMU with num-queues=2 and a guest that uses one queue: vring 1 gets SET_VRING_ENABLE
+    // but never addresses or a kick fd. The device must run vring 0 alone.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vu.sock");
+    let daemon = Arc::new(Daemon::bind(&sock, Echo::default()).unwrap());
+    let shutdown = Shutdown::new().unwrap();
+    let server = {
+        let (d, s) = (daemon.clone(), shutdown.clone());
+        std::thread::spawn(move || d.serve(&s))
+    };
+    let mut guest = Guest::new(false);
+    let mut frontend = connect(&sock);
+    frontend.set_owner().unwrap();
+    frontend.get_features().unwrap();
+    frontend
+        .set_features(
+            features::VERSION_1 | features::EVENT_IDX | features::INDIRECT_DESC | (1 << 30),
+        )
+        .unwrap();
+    let proto = frontend.get_protocol_features().unwrap();
+    frontend.set_protocol_features(proto).unwrap();
+    frontend
+        .set_mem_table(&[VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: MEM_SIZE,
+            userspace_addr: USER_BASE,
+            mmap_offset: 0,
+            mmap_handle: guest.file.as_raw_fd(),
+        }])
+        .unwrap();
+    let a = guest.drivers[0].addresses();
+    frontend.set_vring_num(0, QSIZE).unwrap();
+    frontend.set_vring_base(0, 0).unwrap();
+    frontend
+        .set_vring_addr(
+            0,
+            &VringConfigData {
+                queue_max_size: 256,
+                queue_size: QSIZE,
+                flags: 0,
+                desc_table_addr: USER_BASE + a.desc,
+                used_ring_addr: USER_BASE + a.device,
+                avail_ring_addr: USER_BASE + a.driver,
+                log_addr: None,
+            },
+        )
+        .unwrap();
+    let vrings = Vrings {
+        kicks: vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()],
+        calls: vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()],
+    };
+    frontend.set_vring_kick(0, &vrings.kicks[0]).unwrap();
+    frontend.set_vring_call(0, &vrings.calls[0]).unwrap();
+    frontend.set_vring_enable(0, true).unwrap();
+    frontend.set_vring_enable(1, true).unwrap();
+    echo_once(&mut guest, &vrings, 0, b"only queue 0");
+    assert_eq!(daemon.backend().lock().unwrap().running_queues(), &[0]);
+    shutdown.trigger();
+    server.join().unwrap().unwrap();
+    drop(frontend);
+}
