@@ -17,6 +17,11 @@ fn oxmem_nbd_ioctl_attach_carries_ext4() {
         "--backend memory --attach ioctl --size 128M --device /dev/nbd0",
         &["nbd0"],
     ) + &ext4_round_trip("nbd0", 8)
+        // mlockall held, and every thread is an I/O flusher (PF_MEMALLOC_NOIO, 0x80000).
+        + "grep -E '^VmLck:[[:space:]]+[1-9]' /proc/$OXMEM/status
+           for t in /proc/$OXMEM/task/*; do
+               awk '{ if (and($9, 524288) == 0) { print FILENAME \": no PF_MEMALLOC_NOIO\"; exit 1 } }' $t/stat
+           done\n"
         // A second oxmem-nbd on the same device is refused and leaves the first one serving.
         + "! oxmem-nbd --backend memory --size 128M --device /dev/nbd0 2>/tmp/second.log
            cat /tmp/second.log; grep -q 'is in use' /tmp/second.log
