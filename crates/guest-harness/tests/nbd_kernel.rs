@@ -85,3 +85,31 @@ fn oxmem_nbd_restarted_after_kill_takes_over_its_netlink_device() {
     let outcome = guest("nbd-oxmem-restart").script(&script).run().unwrap();
     outcome.expect_pass().unwrap();
 }
+
+#[test]
+fn sigterm_while_the_guest_writes_keeps_every_acknowledged_write() {
+    // The writer prints `written END` after each O_DIRECT write the device acknowledged.
+    let args = "--backend file:/tmp/backing --size 64M --device /dev/nbd0";
+    let script = "dd if=/dev/zero of=/tmp/backing bs=1M count=64 2>/dev/null\n".to_string()
+        + &start(args, &["nbd0"])
+        + "oxio-guest fill-direct /dev/nbd0 0 48M 5 64K >/tmp/progress 2>&1 &
+           WRITER=$!
+           i=0; until [ \"$(wc -l </tmp/progress)\" -ge 40 ]; do i=$((i + 1)); [ $i -lt 300 ]; sleep 0.1; done
+           stop_oxmem
+           # The writer fails (the device is gone) or finished; it never hangs.
+           wait $WRITER || true
+           tail -n 2 /tmp/progress
+           acked=$(grep '^written' /tmp/progress | tail -n 1 | cut -d' ' -f2)
+           echo \"acknowledged: $acked bytes\"
+           [ \"$acked\" -ge $((40 * 65536)) ]
+"
+        + &start(args, &["nbd0"])
+        + "oxio-guest check /dev/nbd0 0 $acked 5
+           stop_oxmem
+";
+    let outcome = guest("nbd-oxmem-sigterm-drain")
+        .script(&script)
+        .run()
+        .unwrap();
+    outcome.expect_pass().unwrap();
+}

@@ -4,6 +4,9 @@
 //! oxio-guest exit RC                       report RC to the host through isa-debug-exit
 //! oxio-guest fill  PATH OFFSET LEN SEED    write the shared test pattern, then fsync
 //! oxio-guest check PATH OFFSET LEN SEED    read and compare with the pattern
+//! oxio-guest fill-direct PATH OFFSET LEN SEED BS
+//!                                          the pattern in O_DIRECT writes of BS, printing
+//!                                          `written END` after each one completes
 //! oxio-guest bench PATH read|write BS TOTAL  sequential O_DIRECT I/O at queue depth 1;
 //!                                          prints `bench OP bs=BS MB/s IOPS`
 //! ```
@@ -33,12 +36,15 @@ fn main() -> ExitCode {
         ["check", path, offset, len, seed] => {
             (|| check(path, parse(offset)?, parse(len)?, parse(seed)?))()
         }
+        ["fill-direct", path, offset, len, seed, bs] => {
+            (|| fill_direct(path, parse(offset)?, parse(len)?, parse(seed)?, parse(bs)?))()
+        }
         ["bench", path, op @ ("read" | "write"), bs, total] => {
             (|| bench(path, *op == "write", parse(bs)?, parse(total)?))()
         }
         _ => Err(
             "usage: oxio-guest exit RC | fill|check PATH OFFSET LEN SEED | \
-                  bench PATH read|write BS TOTAL"
+                  fill-direct PATH OFFSET LEN SEED BS | bench PATH read|write BS TOTAL"
                 .to_string(),
         ),
     };
@@ -178,5 +184,68 @@ fn bench(path: &str, write: bool, bs: u64, total: u64) -> Result<(), String> {
         bytes / secs / 1e6,
         ops as f64 / secs
     );
+    Ok(())
+}
+
+/// A 4 KiB-aligned heap buffer of `len` bytes for O_DIRECT, freed on drop.
+struct AlignedBuf {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl AlignedBuf {
+    fn new(len: u64) -> Result<Self, String> {
+        let len = usize::try_from(len).map_err(|_| "buffer too large")?;
+        if len == 0 || len % 4096 != 0 {
+            return Err("the I/O size must be a positive multiple of 4096".into());
+        }
+        let layout = std::alloc::Layout::from_size_align(len, 4096).map_err(|e| e.to_string())?;
+        // SAFETY: the layout has a non-zero size (checked above).
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err("out of memory".into());
+        }
+        Ok(AlignedBuf { ptr, layout })
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` is a live, zero-initialised allocation of `layout.size()` bytes owned
+        // by `self`; the borrow of `self` keeps it unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout and not freed before.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+/// Writes the pattern with O_DIRECT, one `bs` write at a time, and reports each completed one
+/// on stdout, so a test knows exactly which writes the device acknowledged.
+fn fill_direct(path: &str, offset: u64, len: u64, seed: u64, bs: u64) -> Result<(), String> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let mut buf = AlignedBuf::new(bs)?;
+    let end = offset.checked_add(len).ok_or("offset + length overflows")?;
+    let mut at = offset;
+    let stdout = std::io::stdout();
+    while at < end {
+        let n = (end - at).min(bs);
+        let chunk = &mut buf.as_mut()[..usize::try_from(n).unwrap_or(0)];
+        pattern::fill(chunk, at, seed);
+        file.write_all_at(chunk, at)
+            .map_err(|e| format!("write {path} at {at}: {e}"))?;
+        at += n;
+        let mut out = stdout.lock();
+        writeln!(out, "written {at}")
+            .and_then(|()| out.flush())
+            .map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
