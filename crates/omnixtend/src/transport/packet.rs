@@ -28,6 +28,7 @@ pub struct PacketSocket {
     tx_count: usize,
     rx: Vec<Vec<u8>>,
     busy_poll: Duration,
+    ifindex: i32,
 }
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -129,6 +130,7 @@ impl PacketSocket {
             tx_count: 0,
             rx: vec![vec![0; FRAME_BUF]; BATCH],
             busy_poll: Duration::ZERO,
+            ifindex: sll.sll_ifindex,
         })
     }
 
@@ -136,6 +138,30 @@ impl PacketSocket {
     /// wake-ups under steady traffic, at the cost of some CPU. Zero (the default) disables it.
     pub fn set_busy_poll(&mut self, d: Duration) {
         self.busy_poll = d;
+    }
+
+    /// Puts the interface in promiscuous mode for as long as this socket lives, so frames to a
+    /// MAC address other than the interface's own (a node answering as `--mac`) get through
+    /// the NIC's filter.
+    pub fn set_promiscuous(&mut self) -> io::Result<()> {
+        let mreq = libc::packet_mreq {
+            mr_ifindex: self.ifindex,
+            mr_type: u16::try_from(libc::PACKET_MR_PROMISC).unwrap_or_default(),
+            mr_alen: 0,
+            mr_address: [0; 8],
+        };
+        let len = libc::socklen_t::try_from(size_of::<libc::packet_mreq>()).unwrap_or(16);
+        // SAFETY: passes a pointer to a live packet_mreq and its exact size.
+        check(unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_ADD_MEMBERSHIP,
+                (&raw const mreq).cast(),
+                len,
+            )
+        })
+        .map(|_| ())
     }
 
     /// The interface's MAC address.

@@ -115,27 +115,34 @@ fn log_stats(s: &EndpointStats) {
 
 /// Runs the node until SIGINT/SIGTERM.
 pub fn run(args: MemoryNodeArgs) -> Result<(), CmdError> {
-    let (mut transport, mac, mtu): (Box<dyn Transport>, MacAddr, usize) =
-        match (&args.netdev, args.udp) {
-            (Some(dev), _) => {
-                let mut sock = PacketSocket::open(dev)?;
-                sock.set_busy_poll(std::time::Duration::from_micros(args.busy_poll_us));
-                let mac = args.mac.unwrap_or(sock.mac());
-                let mtu = args.mtu.unwrap_or(sock.mtu());
-                (Box::new(sock), mac, mtu)
+    let (mut transport, mac, mtu): (Box<dyn Transport>, MacAddr, usize) = match (
+        &args.netdev,
+        args.udp,
+    ) {
+        (Some(dev), _) => {
+            let mut sock = PacketSocket::open(dev)?;
+            sock.set_busy_poll(std::time::Duration::from_micros(args.busy_poll_us));
+            let mac = args.mac.unwrap_or(sock.mac());
+            if mac != sock.mac() {
+                // Frames to a MAC that is not the interface's own must pass the NIC's filter.
+                sock.set_promiscuous()?;
+                tracing::info!(%mac, interface_mac = %sock.mac(), "answering as a MAC other than the interface's: promiscuous mode");
             }
-            (None, Some(addr)) => {
-                let mac = args
-                    .mac
-                    .ok_or("--udp needs --mac: the MAC address requesters send to")?;
-                (
-                    Box::new(UdpTransport::bind(addr, None)?),
-                    mac,
-                    args.mtu.unwrap_or(1500),
-                )
-            }
-            (None, None) => return Err("give --netdev IF or --udp ADDR".into()),
-        };
+            let mtu = args.mtu.unwrap_or(sock.mtu());
+            (Box::new(sock), mac, mtu)
+        }
+        (None, Some(addr)) => {
+            let mac = args
+                .mac
+                .ok_or("--udp needs --mac: the MAC address requesters send to")?;
+            (
+                Box::new(UdpTransport::bind(addr, None)?),
+                mac,
+                args.mtu.unwrap_or(1500),
+            )
+        }
+        (None, None) => return Err("give --netdev IF or --udp ADDR".into()),
+    };
     let mem = match &args.file {
         Some(path) => Memory::file(path, args.size, args.base)?,
         None => Memory::anonymous(args.size, args.base)?,
