@@ -331,17 +331,28 @@ fn pieces(size: u64, block: u64) -> Vec<(u64, u64)> {
     v
 }
 
-fn verify(req: &Requester, args: &ProbeArgs) -> Result<(), CmdError> {
+fn verify(req: &Requester, args: &ProbeArgs, stop: &AtomicBool) -> Result<(), CmdError> {
     let seed = 0x5eed_0000_0000 ^ args.size;
     let all = pieces(args.size, args.block);
     let depth = args.depth.max(1);
     let (tx, rx) = mpsc::channel::<(u64, Result<Vec<u8>, IoError>)>();
     let start = Instant::now();
+    let mut progress = Instant::now() + Duration::from_secs(1);
     for write in [true, false] {
         let mut next = 0;
         let mut outstanding = 0;
         let mut bad = 0u64;
         while next < all.len() || outstanding > 0 {
+            if stop.load(Ordering::Relaxed) && next < all.len() {
+                tracing::warn!("interrupted: finishing the requests in flight");
+                next = all.len();
+            }
+            if Instant::now() >= progress {
+                let phase = if write { "written" } else { "read back" };
+                let done = all.get(next).map_or(args.size, |p| p.0);
+                tracing::info!("{phase} {done} of {} bytes", args.size);
+                progress = Instant::now() + Duration::from_secs(1);
+            }
             while next < all.len() && outstanding < depth {
                 let (off, len) = all[next];
                 let tx = tx.clone();
@@ -372,6 +383,9 @@ fn verify(req: &Requester, args: &ProbeArgs) -> Result<(), CmdError> {
         if bad > 0 {
             return Err(format!("verification failed: {bad} bytes differ").into());
         }
+        if stop.load(Ordering::Relaxed) {
+            return Err("interrupted before the verification finished".into());
+        }
     }
     println!(
         "verified {} bytes in {} pieces ({:.2} s)",
@@ -386,7 +400,7 @@ fn probe(args: ProbeArgs) -> Result<(), CmdError> {
     let stop = stop_flag()?;
     let req = Arc::new(connect(&args)?);
     if args.verify {
-        let r = verify(&req, &args);
+        let r = verify(&req, &args, &stop);
         req.shutdown();
         log_stats(&req.stats());
         return r;
