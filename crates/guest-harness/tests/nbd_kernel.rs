@@ -89,13 +89,15 @@ fn oxmem_nbd_restarted_after_kill_takes_over_its_netlink_device() {
 #[test]
 fn sigterm_while_the_guest_writes_keeps_every_acknowledged_write() {
     // The writer prints `written END` after each O_DIRECT write the device acknowledged.
-    let args = "--backend file:/tmp/backing --size 64M --device /dev/nbd0";
+    // ioctl attach with two sockets (NBD_SET_SOCK twice): writes spread over both connections.
+    let args = "--backend file:/tmp/backing --size 64M --device /dev/nbd0 --connections 2";
     let script = "dd if=/dev/zero of=/tmp/backing bs=1M count=64 2>/dev/null\n".to_string()
         + &start(args, &["nbd0"])
         + "oxio-guest fill-direct /dev/nbd0 0 48M 5 64K >/tmp/progress 2>&1 &
            WRITER=$!
            i=0; until [ \"$(wc -l </tmp/progress)\" -ge 40 ]; do i=$((i + 1)); [ $i -lt 300 ]; sleep 0.1; done
            stop_oxmem
+           grep -q 'connections 2 (0 active)' /tmp/oxmem.log
            # The writer fails (the device is gone) or finished; it never hangs.
            wait $WRITER || true
            tail -n 2 /tmp/progress
