@@ -12,6 +12,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use oxio_virtio::VirtioDevice;
 use vhost::vhost_user::BackendReqHandler;
@@ -80,7 +81,12 @@ pub struct Daemon<D: VirtioDevice> {
     listener: UnixListener,
     backend: Arc<Mutex<Backend<D>>>,
     stats: DaemonStats,
+    message_timeout: Duration,
 }
+
+/// How long a frontend may take to finish a message it started, or to take our reply: a
+/// frontend that stalls mid-message loses its session instead of wedging the daemon.
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl<D: VirtioDevice> Daemon<D> {
     /// Listens on `path` (a stale socket file left by a previous run is replaced).
@@ -98,7 +104,14 @@ impl<D: VirtioDevice> Daemon<D> {
             listener,
             backend: Arc::new(Mutex::new(backend)),
             stats: DaemonStats::default(),
+            message_timeout: DEFAULT_MESSAGE_TIMEOUT,
         })
+    }
+
+    /// Sets the per-message timeout (default [`DEFAULT_MESSAGE_TIMEOUT`]).
+    pub fn with_message_timeout(mut self, timeout: Duration) -> Self {
+        self.message_timeout = timeout;
+        self
     }
 
     /// The socket path.
@@ -156,8 +169,14 @@ impl<D: VirtioDevice> Daemon<D> {
 
     /// Serves one frontend; returns true if shutdown was requested.
     fn serve_connection(&self, stream: UnixStream, shutdown: &Shutdown) -> bool {
-        if let Err(e) = stream.set_nonblocking(false) {
-            tracing::warn!(error = %e, "cannot make the connection blocking");
+        // Blocking, but bounded: we only read once poll says a message has begun.
+        let timeout = Some(self.message_timeout);
+        let set_up = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_read_timeout(timeout))
+            .and_then(|()| stream.set_write_timeout(timeout));
+        if let Err(e) = set_up {
+            tracing::warn!(error = %e, "cannot configure the frontend connection");
             return false;
         }
         let conn_fd = stream.as_raw_fd();

@@ -497,3 +497,31 @@ fn an_enabled_vring_the_driver_never_set_up_is_left_out() {
     server.join().unwrap().unwrap();
     drop(frontend);
 }
+
+#[test]
+fn a_frontend_that_stalls_mid_message_loses_its_session() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vu.sock");
+    let daemon = Daemon::bind(&sock, Echo::default())
+        .unwrap()
+        .with_message_timeout(Duration::from_millis(200));
+    let daemon = Arc::new(daemon);
+    let shutdown = Shutdown::new().unwrap();
+    let server = {
+        let (d, s) = (daemon.clone(), shutdown.clone());
+        std::thread::spawn(move || d.serve(&s))
+    };
+    // GET_FEATURES header claiming an 8-byte body that never comes; the socket stays open.
+    let mut stalled = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    stalled
+        .write_all(&[1, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0])
+        .unwrap();
+    let frontend = connect(&sock);
+    frontend.set_owner().unwrap();
+    assert_ne!(frontend.get_features().unwrap() & features::VERSION_1, 0);
+    drop(frontend);
+    shutdown.trigger();
+    server.join().unwrap().unwrap();
+    drop(stalled);
+}
