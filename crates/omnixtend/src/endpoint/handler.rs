@@ -50,8 +50,11 @@ pub struct HandlerStats {
 /// Per-peer queue of responses, with its flit count for back-pressure.
 #[derive(Debug, Default)]
 pub(crate) struct Responses {
-    pub queue: VecDeque<Response>,
+    /// Each response with the flits of the request it answers (credited back once sent).
+    pub queue: VecDeque<(Response, usize)>,
     pub flits: usize,
+    /// Request flits per channel whose buffers were freed, not yet credited back.
+    pub released: [u64; 5],
 }
 
 /// The sink a link delivers a peer's requests to.
@@ -71,9 +74,15 @@ impl MessageSink for Executor<'_> {
         self.out.flits < self.cap_flits
     }
 
+    fn credits_on_delivery(&self) -> bool {
+        // A request's credits come back when its response leaves (Responder::fill).
+        false
+    }
+
     fn deliver(&mut self, msg: &Message<'_>) {
         if msg.header.chan != Channel::A {
             self.stats.ignored += 1;
+            self.out.released[msg.header.chan.index()] += msg.flits() as u64;
             return;
         }
         self.stats.requests += 1;
@@ -82,7 +91,7 @@ impl MessageSink for Executor<'_> {
             self.stats.denied += 1;
         }
         self.out.flits += r.header().flits().unwrap_or(1);
-        self.out.queue.push_back(r);
+        self.out.queue.push_back((r, msg.flits()));
     }
 }
 
@@ -255,7 +264,8 @@ pub(crate) struct Responder<'a> {
 
 impl MessageSource for Responder<'_> {
     fn fill(&mut self, frame: &mut FrameBuilder<'_>, credits: &mut TxCredits) {
-        while let Some(r) = self.out.queue.front() {
+        while let Some((r, req_flits)) = self.out.queue.front() {
+            let req_flits = *req_flits;
             let h = *r.header();
             let repr = MessageRepr {
                 header: h,
@@ -281,12 +291,17 @@ impl MessageSource for Responder<'_> {
                 break;
             }
             self.out.flits = self.out.flits.saturating_sub(flits);
+            self.out.released[Channel::A.index()] += req_flits as u64;
             self.out.queue.pop_front();
         }
     }
 
     fn has_pending(&self) -> bool {
         !self.out.queue.is_empty()
+    }
+
+    fn take_released(&mut self) -> [u64; 5] {
+        std::mem::take(&mut self.out.released)
     }
 }
 

@@ -4,8 +4,8 @@
 use super::credits::{RxCredits, TxCredits};
 use super::{LinkConfig, LinkError};
 use crate::wire::{
-    EthernetRepr, Frame, FrameBuilder, Message, MessageType, Seq, TloeHeader, ETHERNET_HEADER_LEN,
-    ETHERTYPE_OMNIXTEND,
+    Channel, EthernetRepr, Frame, FrameBuilder, Message, MessageType, Seq, TloeHeader,
+    ETHERNET_HEADER_LEN, ETHERTYPE_OMNIXTEND,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -16,6 +16,12 @@ pub trait MessageSource {
     fn fill(&mut self, frame: &mut FrameBuilder<'_>, credits: &mut TxCredits);
     /// Whether messages are waiting to be sent.
     fn has_pending(&self) -> bool;
+    /// Flits per channel (A..E) of received messages whose buffers were freed since the last
+    /// call, for a sink that returns credits only when its buffers drain
+    /// ([`MessageSink::credits_on_delivery`] false).
+    fn take_released(&mut self) -> [u64; 5] {
+        [0; 5]
+    }
 }
 
 /// A source with nothing to send (for links that only acknowledge).
@@ -36,6 +42,11 @@ pub trait MessageSink {
     }
     /// Takes one message; its payload borrows the received frame.
     fn deliver(&mut self, msg: &Message<'_>);
+    /// Whether the link returns a message's credits as soon as it is delivered (the default),
+    /// or only when the source reports its buffer freed ([`MessageSource::take_released`]).
+    fn credits_on_delivery(&self) -> bool {
+        true
+    }
 }
 
 /// What [`Link::receive`] did with a frame.
@@ -375,8 +386,11 @@ impl Link {
         let acked_substantive = self.on_ack(now, h.seq_ack, h.ack);
         self.tx_credits.grant(h.chan, h.credit);
         let mut messages = 0;
+        let credit_now = sink.credits_on_delivery();
         for msg in frame.into_messages().flatten() {
-            self.rx_credits.consumed(msg.header.chan, msg.flits());
+            if credit_now {
+                self.rx_credits.consumed(msg.header.chan, msg.flits());
+            }
             sink.deliver(&msg);
             messages += 1;
         }
@@ -549,6 +563,10 @@ impl Link {
         let mut b = FrameBuilder::new(&mut buf, &self.eth, &header, self.cfg.max_frame_len);
         if msg_type == MessageType::Normal && self.open_step == 2 {
             src.fill(&mut b, &mut self.tx_credits);
+        }
+        for (ch, n) in Channel::ALL.iter().zip(src.take_released()) {
+            self.rx_credits
+                .consumed(*ch, usize::try_from(n).unwrap_or(usize::MAX));
         }
         let has_messages = b.message_count() > 0;
         let ack_frame = self.ack_due(now) && (self.rx_credits.pending() || self.empty_ack_wanted());
