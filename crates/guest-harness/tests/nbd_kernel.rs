@@ -75,6 +75,10 @@ fn oxmem_nbd_restarted_after_kill_takes_over_its_netlink_device() {
            sleep 0.2
 " + &start(&format!("{args} --reconnect"), &["nbd0"])
         + "grep -q 'nbd0 reconnected' /tmp/oxmem.log
+           # A second taker while this one lives is told the kernel kept nothing.
+           ! oxmem-nbd --backend file:/tmp/backing --attach netlink --size 64M --device /dev/nbd0 \\
+               --dead-conn-timeout 60 --reconnect 2>/tmp/third.log
+           cat /tmp/third.log; grep -q 'did not take the new connections' /tmp/third.log
            dd if=/dev/urandom of=/mnt/after bs=1M count=4 conv=fsync 2>/dev/null
            md5sum -c /tmp/before.md5
            umount /mnt

@@ -98,6 +98,10 @@ impl Attachment {
         // The kernel holds its own references now (or failed): our copies only keep the
         // servers from seeing EOF.
         drop(kernel_ends);
+        let attached = match attached {
+            Ok(ok) if options.reconnect => check_taken(&servers).map(|()| ok),
+            other => other,
+        };
         match attached {
             Ok((index, control)) => Ok(Attachment {
                 index,
@@ -105,6 +109,9 @@ impl Attachment {
                 control,
                 servers,
             }),
+            // The servers see EOF now, except (reconnect) any whose socket the kernel kept:
+            // those are left to end with the process rather than waited for.
+            Err(err) if options.reconnect => Err(err),
             Err(err) => {
                 for server in servers {
                     let _ = server.join();
@@ -193,6 +200,24 @@ fn reconfigure_for(config: &DeviceConfig, sockets: &[OwnedFd]) -> Result<Reconfi
     })
 }
 
+/// RECONFIGURE succeeds even when the kernel keeps none of the new sockets (it only replaces
+/// dead ones). A socket the kernel did not keep has no other holder once ours is dropped, so
+/// its server sees EOF at once: watch briefly for that.
+fn check_taken(servers: &[JoinHandle<Result<(), String>>]) -> Result<(), KernelError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+    while std::time::Instant::now() < deadline {
+        if servers.iter().any(JoinHandle::is_finished) {
+            return Err(KernelError::Config {
+                reason: "the kernel did not take the new connections: the device has no dead \
+                         connection to replace (is its server still running?)"
+                    .into(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 enum Plane {
     Ioctl(Arc<IoctlDevice>),
     Netlink(NbdNetlink),
@@ -231,7 +256,10 @@ fn attach_ioctl(
     config: &DeviceConfig,
     sockets: &[OwnedFd],
 ) -> Result<(u32, Control), KernelError> {
-    device.configure(config, sockets)?;
+    if let Err(err) = device.configure(config, sockets) {
+        device.clear(); // Leave no half-configured device behind.
+        return Err(err);
+    }
     let index = index_of(device.path())?;
     let runner = Arc::clone(&device);
     let do_it = std::thread::Builder::new()

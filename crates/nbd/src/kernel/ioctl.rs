@@ -104,6 +104,11 @@ impl IoctlDevice {
         result.and(clear)
     }
 
+    /// Best effort `NBD_CLEAR_SOCK`: drops whatever sockets a failed set-up handed over.
+    pub fn clear(&self) {
+        let _ = self.ioctl("NBD_CLEAR_SOCK", NBD_CLEAR_SOCK, 0);
+    }
+
     /// Asks the kernel to send `NBD_CMD_DISC` on every connection; [`IoctlDevice::run`]
     /// returns once the server has answered what was in flight and closed.
     pub fn disconnect(&self) -> Result<(), KernelError> {
