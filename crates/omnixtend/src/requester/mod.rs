@@ -15,6 +15,37 @@
 //! - Denied or corrupt responses, responses of the wrong kind and timeouts fail the request
 //!   with an [`IoError`]. When the link makes no progress for `reconnect_after`, the requester
 //!   reopens the connection and re-issues every transfer in flight (all are idempotent).
+//!
+//! ```
+//! use oxio_omnixtend::endpoint::{serve, EndpointConfig, EndpointCore, Memory};
+//! use oxio_omnixtend::requester::{Requester, RequesterConfig};
+//! use oxio_omnixtend::transport::{fault::Faults, mem};
+//! use oxio_omnixtend::wire::MacAddr;
+//! use std::sync::{atomic::AtomicBool, Arc};
+//! use std::time::Duration;
+//!
+//! // A memory node on one end of an in-memory wire (AF_PACKET or UDP work the same way).
+//! let (near, mut far) = mem::pair(Faults::NONE, Faults::NONE, 1);
+//! let (node_mac, our_mac) = (MacAddr::local(2), MacAddr::local(1));
+//! let stop = Arc::new(AtomicBool::new(false));
+//! let s = stop.clone();
+//! let node = std::thread::spawn(move || {
+//!     let mem = Memory::anonymous(1 << 20, 0).unwrap();
+//!     let mut core = EndpointCore::new(EndpointConfig::new(node_mac), mem);
+//!     serve(&mut core, &mut far, &s).unwrap();
+//! });
+//!
+//! let cfg = RequesterConfig::new(our_mac, node_mac, 1 << 20);
+//! let req = Requester::connect(cfg, Box::new(near), Duration::from_secs(5)).unwrap();
+//! req.write_at(1000, b"remote memory").unwrap(); // any offset and length
+//! let mut back = [0u8; 13];
+//! req.read_at(1000, &mut back).unwrap();
+//! assert_eq!(&back, b"remote memory");
+//! req.submit_read(0, vec![0; 4096], |r| assert_eq!(r.unwrap().len(), 4096));
+//! req.shutdown(); // finishes what is in flight, then closes
+//! stop.store(true, std::sync::atomic::Ordering::Relaxed);
+//! node.join().unwrap();
+//! ```
 
 mod core;
 mod handle;
