@@ -161,3 +161,31 @@ fn dropping_the_last_handle_inside_a_callback_does_not_deadlock() {
     assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
     node.stop();
 }
+
+#[test]
+fn two_requesters_share_one_node_over_udp() {
+    let node_t = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let addr = node_t.local_addr().unwrap();
+    let node = start_node(node_t, MacAddr::local(2));
+    let connect = |mac: u32| {
+        let t = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), Some(addr)).unwrap();
+        let cfg = RequesterConfig::new(MacAddr::local(mac), MacAddr::local(2), SIZE);
+        Arc::new(Requester::connect(cfg, Box::new(t), Duration::from_secs(5)).unwrap())
+    };
+    let (a, b) = (connect(10), connect(11));
+    let ta = {
+        let a = a.clone();
+        std::thread::spawn(move || a.write_at(0, &[0xa5; 100_000]).unwrap())
+    };
+    b.write_at(200_000, &[0x5a; 100_000]).unwrap();
+    ta.join().unwrap();
+    // Each sees what the other wrote: one memory, two connections.
+    let mut buf = vec![0u8; 100_000];
+    a.read_at(200_000, &mut buf).unwrap();
+    assert!(buf.iter().all(|&x| x == 0x5a));
+    b.read_at(0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&x| x == 0xa5));
+    a.shutdown();
+    b.shutdown();
+    node.stop();
+}
