@@ -98,6 +98,17 @@ start_node
 probe --size 16M --block 4K --depth 32 --seconds 1 || fail "timed probe"
 stop_node
 
+echo "== the link goes down for half a second under load: nothing fails, the link replays"
+start_node
+probe --size 16M --block 4K --depth 32 --seconds 3 --mode write >"$LOG/flap.out" 2>&1 &
+PROBE_PID=$!
+sleep 1
+ip -n "$NA" link set va down
+sleep 0.5
+ip -n "$NA" link set va up
+wait "$PROBE_PID" || { cat "$LOG/flap.out"; fail "probe failed across a link flap"; }
+stop_node
+
 echo "== the node restarts (file-backed) under load: the requester reconnects and finishes"
 start_node --file "$LOG/mem.img"
 probe --size 16M --block 4K --depth 32 --seconds 4 --mode write >"$LOG/probe.out" 2>&1 &

@@ -206,11 +206,11 @@ impl PacketSocket {
         };
         if n < 0 {
             let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok((0, 0))
-            } else {
-                Err(e)
-            };
+            // ENETDOWN is reported once when the interface goes down: not fatal, the link
+            // replays what was lost once it is back up.
+            let transient = e.kind() == io::ErrorKind::WouldBlock
+                || matches!(e.raw_os_error(), Some(libc::ENETDOWN | libc::EINTR));
+            return if transient { Ok((0, 0)) } else { Err(e) };
         }
         let n = usize::try_from(n).unwrap_or(0);
         let mut delivered = 0;
@@ -297,7 +297,16 @@ impl Transport for PacketSocket {
                     // A full device queue drops the rest of the batch, as a busy NIC would;
                     // the link layer retransmits.
                     io::ErrorKind::WouldBlock => break,
-                    _ if e.raw_os_error() == Some(libc::ENOBUFS) => break,
+                    // An interface that is down (or a full device queue) loses frames, as a
+                    // cable pulled out would; the link replays them once it is back.
+                    _ if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOBUFS | libc::ENETDOWN | libc::ENXIO | libc::ENODEV)
+                    ) =>
+                    {
+                        tracing::debug!(error = %e, "frames dropped by the interface");
+                        break;
+                    }
                     _ => {
                         self.tx_count = 0;
                         return Err(e);
