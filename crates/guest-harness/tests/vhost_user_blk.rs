@@ -8,9 +8,9 @@
 //! - a `--read-only` export: the guest sees a read-only disk and its writes fail;
 //! - two queues used by two vCPUs; the packed ring; EVENT_IDX off;
 //! - SIGTERM on the daemon exits cleanly after the guest is gone;
-//! - restart: the daemon is killed (SIGKILL) while the guest writes, a new one takes the
-//!   socket, QEMU reconnects (`reconnect-ms`), the guest carries on and every write it saw
-//!   acknowledged is on the disk.
+//! - restart: the daemon is killed (SIGKILL), or stopped with SIGTERM (it drains and exits 0),
+//!   while the guest writes; a new one takes the socket, QEMU reconnects (`reconnect-ms`), the
+//!   guest carries on and every write it saw acknowledged is on the disk.
 
 // Helpers of a test may unwrap too: a panic there is a test failure.
 #![allow(clippy::unwrap_used)]
@@ -315,6 +315,17 @@ fn event_idx_off() {
 
 #[test]
 fn daemon_killed_while_the_guest_writes_is_restarted_and_nothing_acknowledged_is_lost() {
+    restart_mid_write("vhost-user-blk-restart", false);
+}
+
+#[test]
+fn daemon_stopped_by_sigterm_while_the_guest_writes_drains_and_a_new_one_resumes() {
+    restart_mid_write("vhost-user-blk-sigterm", true);
+}
+
+/// Stops the daemon (SIGTERM if `graceful`, else SIGKILL) while the guest writes, starts a
+/// new one on the same socket, and checks that the guest finished and nothing was lost.
+fn restart_mid_write(name: &str, graceful: bool) {
     const CHUNKS: u64 = 256;
     const CHUNK: u64 = 64 << 10;
     let dir = tempfile::tempdir().unwrap();
@@ -323,7 +334,7 @@ fn daemon_killed_while_the_guest_writes_is_restarted_and_nothing_acknowledged_is
     let daemon = Daemon::start(&sock, &image, &[]);
     // Each chunk is written and fsynced by its own process: once `oxio-guest fill` returns,
     // the device has acknowledged the chunk.
-    let mut running = Guest::new("vhost-user-blk-restart")
+    let mut running = Guest::new(name)
         .shared_memory()
         .modules(["virtio_pci", "virtio_blk"])
         .qemu_args(chardev(&sock, ",reconnect-ms=200"))
@@ -350,13 +361,17 @@ fn daemon_killed_while_the_guest_writes_is_restarted_and_nothing_acknowledged_is
         .wait_for_serial("OXIO-MARK ready", Duration::from_secs(120))
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    daemon.kill();
+    if graceful {
+        daemon.stop(); // asserts a clean exit after draining
+    } else {
+        daemon.kill();
+    }
     let serial = running.serial();
     let started = serial.matches("oxio-guest fill").count();
-    eprintln!("daemon killed while the guest was on chunk {started} of {CHUNKS}");
+    eprintln!("daemon stopped while the guest was on chunk {started} of {CHUNKS}");
     assert!(
         started > 0 && !serial.contains("OXIO-MARK written"),
-        "the daemon was not killed during the writes: the test proved nothing"
+        "the daemon was not stopped during the writes: the test proved nothing"
     );
     std::thread::sleep(Duration::from_millis(300));
     let daemon = Daemon::start(&sock, &image, &[]);
