@@ -162,6 +162,7 @@ pub struct Backend<D: VirtioDevice> {
     /// Queues the device is running, with the memory they run in.
     running: Vec<u16>,
     running_mem: Option<GuestMemory>,
+    starts: u64,
 }
 
 impl<D: VirtioDevice> Backend<D> {
@@ -180,6 +181,7 @@ impl<D: VirtioDevice> Backend<D> {
             calls,
             running: Vec::new(),
             running_mem: None,
+            starts: 0,
         })
     }
 
@@ -191,6 +193,11 @@ impl<D: VirtioDevice> Backend<D> {
     /// Queues the device is serving now.
     pub fn running_queues(&self) -> &[u16] {
         &self.running
+    }
+
+    /// How many times the device was activated.
+    pub fn device_starts(&self) -> u64 {
+        self.starts
     }
 
     /// Virtio features offered to the frontend.
@@ -382,6 +389,7 @@ impl<D: VirtioDevice> Backend<D> {
         tracing::info!(queues = ?wanted, packed = ring_features.packed, "device started");
         self.running = wanted.to_vec();
         self.running_mem = Some(mem);
+        self.starts += 1;
         Ok(())
     }
 

@@ -67,11 +67,15 @@ impl Shutdown {
     }
 }
 
-/// Connection counters.
+/// Counters, readable while the daemon runs.
 #[derive(Debug, Default)]
 pub struct DaemonStats {
     /// Frontends accepted so far.
     pub connections: AtomicU64,
+    /// Requests our handler refused (NACKed; the session went on).
+    pub refused: AtomicU64,
+    /// Sessions ended by a protocol error or timeout (not by a clean disconnect).
+    pub protocol_errors: AtomicU64,
 }
 
 /// A vhost-user backend daemon for one device. See the [module documentation](self).
@@ -124,6 +128,21 @@ impl<D: VirtioDevice> Daemon<D> {
         &self.stats
     }
 
+    /// A one-line summary for logs: connections, device starts, running queues, errors.
+    pub fn summary(&self) -> String {
+        let (starts, running) = {
+            let b = self.lock();
+            (b.device_starts(), b.running_queues().to_vec())
+        };
+        format!(
+            "{} frontend connections, device started {starts} times, running queues {running:?}, \
+             {} refused requests, {} sessions ended by protocol errors",
+            self.stats.connections.load(Ordering::Relaxed),
+            self.stats.refused.load(Ordering::Relaxed),
+            self.stats.protocol_errors.load(Ordering::Relaxed),
+        )
+    }
+
     /// The backend, for inspection (tests, stats).
     pub fn backend(&self) -> &Arc<Mutex<Backend<D>>> {
         &self.backend
@@ -163,6 +182,8 @@ impl<D: VirtioDevice> Daemon<D> {
             tracing::info!("frontend disconnected; device stopped, waiting for the next one");
         }
         self.lock().disconnect();
+        // No more frontends: take the path away now (the daemon may outlive `serve`).
+        let _ = std::fs::remove_file(&self.path);
         tracing::info!("shut down: device stopped");
         Ok(())
     }
@@ -197,9 +218,11 @@ impl<D: VirtioDevice> Daemon<D> {
                 // one, and the session goes on (requests that must reply with data never
                 // fail this way, see `backend::handler`).
                 Err(vhost::vhost_user::Error::ReqHandlerError(e)) => {
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "refused a frontend request");
                 }
                 Err(e) => {
+                    self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "dropping the frontend after a protocol error");
                     return false;
                 }

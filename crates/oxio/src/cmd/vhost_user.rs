@@ -2,13 +2,14 @@
 //! Cloud Hypervisor's --disk vhost_user) over a vhost-user socket.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use oxio_block::file::FileOptions;
 use oxio_block::{BlockBackend, BlockingQueue};
 use oxio_vhost_user::{Daemon, Shutdown};
 use oxio_virtio::blk::{Block, BlockConfig};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use super::CmdError;
@@ -89,7 +90,7 @@ fn blk(args: BlkArgs) -> Result<(), CmdError> {
         ..BlockConfig::default()
     };
     let device = Block::new(backend.clone(), cfg);
-    let daemon = Daemon::bind(&args.socket, device)?;
+    let daemon = Arc::new(Daemon::bind(&args.socket, device)?);
     tracing::info!(
         socket = %args.socket.display(),
         backend = %args.backend,
@@ -99,21 +100,26 @@ fn blk(args: BlkArgs) -> Result<(), CmdError> {
         "vhost-user-blk ready"
     );
     let shutdown = Shutdown::new()?;
-    watch_signals(shutdown.clone())?;
+    watch_signals(shutdown.clone(), daemon.clone())?;
     daemon.serve(&shutdown)?;
+    tracing::info!(stats = %daemon.summary(), "stopped");
     drop(daemon);
     flush(backend.as_ref());
     Ok(())
 }
 
-/// First SIGINT/SIGTERM: graceful shutdown; second: exit at once.
-fn watch_signals(shutdown: Shutdown) -> Result<(), CmdError> {
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+/// First SIGINT/SIGTERM: graceful shutdown; second: exit at once. SIGUSR1: log statistics.
+fn watch_signals(shutdown: Shutdown, daemon: Arc<Daemon<Block>>) -> Result<(), CmdError> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut seen = 0;
             for sig in signals.forever() {
+                if sig == SIGUSR1 {
+                    tracing::info!(stats = %daemon.summary(), "statistics");
+                    continue;
+                }
                 seen += 1;
                 if seen > 1 {
                     tracing::warn!(sig, "second signal: exiting without draining");
