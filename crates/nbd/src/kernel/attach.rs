@@ -256,10 +256,7 @@ fn attach_ioctl(
     config: &DeviceConfig,
     sockets: &[OwnedFd],
 ) -> Result<(u32, Control), KernelError> {
-    if let Err(err) = device.configure(config, sockets) {
-        device.clear(); // Leave no half-configured device behind.
-        return Err(err);
-    }
+    device.configure(config, sockets)?;
     let index = index_of(device.path())?;
     let runner = Arc::clone(&device);
     let do_it = std::thread::Builder::new()

@@ -69,11 +69,17 @@ impl IoctlDevice {
         // A device left configured by a crashed process refuses SET_SOCK with EBUSY only
         // while its DO_IT runs; clearing first is what nbd-client does too.
         self.ioctl("NBD_CLEAR_SOCK", NBD_CLEAR_SOCK, 0)?;
-        self.ioctl(
-            "NBD_SET_BLKSIZE",
-            NBD_SET_BLKSIZE,
-            u64::from(config.block_size),
-        )?;
+        let result = self.set_up(config, sockets);
+        if result.is_err() {
+            // Leave no half-configured device behind (ours: the busy check passed).
+            let _ = self.ioctl("NBD_CLEAR_SOCK", NBD_CLEAR_SOCK, 0);
+        }
+        result
+    }
+
+    fn set_up(&self, config: &DeviceConfig, sockets: &[OwnedFd]) -> Result<(), KernelError> {
+        let block_size = u64::from(config.block_size);
+        self.ioctl("NBD_SET_BLKSIZE", NBD_SET_BLKSIZE, block_size)?;
         self.ioctl("NBD_SET_SIZE", NBD_SET_SIZE, config.size)?;
         self.ioctl("NBD_SET_FLAGS", NBD_SET_FLAGS, u64::from(config.flags))?;
         self.ioctl("NBD_SET_TIMEOUT", NBD_SET_TIMEOUT, config.timeout.as_secs())?;
@@ -102,11 +108,6 @@ impl IoctlDevice {
         let _ = self.ioctl("NBD_CLEAR_QUE", NBD_CLEAR_QUE, 0);
         let clear = self.ioctl("NBD_CLEAR_SOCK", NBD_CLEAR_SOCK, 0);
         result.and(clear)
-    }
-
-    /// Best effort `NBD_CLEAR_SOCK`: drops whatever sockets a failed set-up handed over.
-    pub fn clear(&self) {
-        let _ = self.ioctl("NBD_CLEAR_SOCK", NBD_CLEAR_SOCK, 0);
     }
 
     /// Asks the kernel to send `NBD_CMD_DISC` on every connection; [`IoctlDevice::run`]
