@@ -109,6 +109,10 @@ struct TxFrame {
     buf: Vec<u8>,
     /// An empty Normal frame sent only to acknowledge (C compatibility).
     pure_ack: bool,
+    /// When it was first sent (for round-trip samples).
+    sent_at: Instant,
+    /// Sent more than once: its acknowledgement is no round-trip sample (Karn's rule).
+    replayed: bool,
 }
 
 /// Bits remembered by the tolerant receiver to drop exact duplicates.
@@ -127,6 +131,11 @@ pub struct Link {
     pool: Vec<Vec<u8>>,
     replay_due: bool,
     rto: Duration,
+    /// The timeout after progress: smoothed RTT + 4 x RTT variation (RFC 6298), never below
+    /// the configured timeout, so scheduling noise does not cause spurious Go-Back-N replays.
+    base_rto: Duration,
+    srtt: Option<Duration>,
+    rttvar: Duration,
     rto_deadline: Option<Instant>,
     last_progress: Instant,
     last_nak: Option<(Seq, Instant)>,
@@ -161,6 +170,9 @@ impl Link {
         let rx_credits = RxCredits::new(cfg.rx_window);
         Link {
             rto: cfg.retransmit_timeout,
+            base_rto: cfg.retransmit_timeout,
+            srtt: None,
+            rttvar: Duration::ZERO,
             eth,
             state: State::Idle,
             next_tx: Seq::new(0),
@@ -432,16 +444,23 @@ impl Link {
             return false; // stale or nonsense
         }
         let mut substantive = false;
+        let mut sample = None;
         for _ in 0..newly {
             if let Some(f) = self.replay.pop_front() {
                 substantive |= !f.pure_ack;
+                if !f.replayed {
+                    sample = Some(now.saturating_duration_since(f.sent_at));
+                }
                 self.pool.push(f.buf);
             }
+        }
+        if let Some(rtt) = sample {
+            self.update_rtt(rtt);
         }
         if newly > 0 {
             self.acked = seq_ack;
             self.last_progress = now;
-            self.rto = self.cfg.retransmit_timeout;
+            self.rto = self.base_rto;
             self.rto_deadline = (!self.replay.is_empty()).then(|| now + self.rto);
         }
         if !ack && !self.replay.is_empty() && !self.nak_held_off(now, seq_ack) {
@@ -450,6 +469,26 @@ impl Link {
             self.replay_due = true;
         }
         substantive
+    }
+
+    /// Folds a round-trip sample into the smoothed estimate and the timeout (RFC 6298).
+    fn update_rtt(&mut self, rtt: Duration) {
+        let (srtt, rttvar) = match self.srtt {
+            None => (rtt, rtt / 2),
+            Some(srtt) => {
+                let diff = srtt.abs_diff(rtt);
+                ((srtt * 7 + rtt) / 8, (self.rttvar * 3 + diff) / 4)
+            }
+        };
+        self.srtt = Some(srtt);
+        self.rttvar = rttvar;
+        self.base_rto =
+            (srtt + rttvar * 4).clamp(self.cfg.retransmit_timeout, self.cfg.max_retransmit_timeout);
+    }
+
+    /// The current smoothed round-trip time, if any sample was taken.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.srtt
     }
 
     /// Repeated NAKs for the same point within a quarter timeout are one request.
@@ -510,6 +549,7 @@ impl Link {
         let (seq_ack, ack) = self.ack_fields();
         let mut n = 0;
         for f in &mut self.replay {
+            f.replayed = true;
             patch_ack(&mut f.buf, seq_ack, ack);
             out(&f.buf);
             n += 1;
@@ -600,6 +640,8 @@ impl Link {
             seq: self.next_tx,
             buf,
             pure_ack,
+            sent_at: now,
+            replayed: false,
         };
         self.next_tx = self.next_tx.next();
         self.ack_sent();

@@ -277,3 +277,29 @@ fn malformed_and_foreign_frames_are_rejected() {
     ));
     assert_eq!(p.b.stats().malformed, 1);
 }
+
+#[test]
+fn the_retransmission_timeout_follows_the_measured_round_trip() {
+    let mut p = Pair::new(1 << 16);
+    p.settle();
+    // Round trips of 30 ms: the timeout grows past the 10 ms floor.
+    for i in 0..20 {
+        p.qa.0.push_back(put(i));
+        let f = p.tx_a();
+        p.rx_b(&f);
+        p.now += Duration::from_millis(30);
+        let acks = p.tx_b();
+        p.rx_a(&acks);
+    }
+    let srtt = p.a.srtt().unwrap();
+    assert!(srtt >= Duration::from_millis(25), "{srtt:?}");
+    // A frame now waits longer than 10 ms without being replayed.
+    p.qa.0.push_back(put(99));
+    p.tx_a();
+    p.now += Duration::from_millis(20);
+    assert!(
+        p.tx_a().is_empty(),
+        "no spurious replay at 20 ms with a 30 ms round trip"
+    );
+    assert_eq!(p.a.stats().timeouts, 0);
+}

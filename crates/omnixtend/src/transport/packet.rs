@@ -10,6 +10,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Socket buffer size: 32 MiB holds about 2000 jumbo frames, so a receiving thread that the
+/// scheduler keeps off the CPU for tens of milliseconds does not cost dropped frames (and a
+/// retransmission timeout). Memory is only used while frames are queued.
+const SOCKET_BUFFER: libc::c_int = 32 << 20;
 /// Frames per `sendmmsg`/`recvmmsg` call.
 const BATCH: usize = 64;
 const BATCH_U32: libc::c_uint = 64;
@@ -113,8 +117,8 @@ impl PacketSocket {
             (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE),
             (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE),
         ] {
-            if setsockopt_int(&fd, libc::SOL_SOCKET, force, 8 << 20).is_err() {
-                setsockopt_int(&fd, libc::SOL_SOCKET, opt, 8 << 20)?;
+            if setsockopt_int(&fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+                setsockopt_int(&fd, libc::SOL_SOCKET, opt, SOCKET_BUFFER)?;
             }
         }
         // Skipping the qdisc is only an optimisation; older kernels lack it.
