@@ -417,3 +417,84 @@ fn memory_backend_holds_an_ext4_filesystem() {
     run(g, &daemon);
     daemon.stop();
 }
+
+/// `oxio memory-node` over UDP on the host, backed by a file the test can read afterwards.
+struct MemoryNode(Child);
+
+impl Drop for MemoryNode {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn guest_disk_on_omnixtend_remote_memory() {
+    const NODE_MAC: &str = "04:00:00:00:00:01";
+    let dir = tempfile::tempdir().unwrap();
+    let memory = dir.path().join("remote-memory.img");
+    std::fs::File::create(&memory)
+        .unwrap()
+        .set_len(DISK)
+        .unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let node_log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+    let _node = MemoryNode(
+        Command::new(static_binary("oxio", "oxio").unwrap())
+            .args(["memory-node", "--udp", &format!("127.0.0.1:{port}")])
+            .args(["--mac", NODE_MAC, "--size", &DISK.to_string(), "--file"])
+            .arg(&memory)
+            .stdout(Stdio::from(node_log.try_clone().unwrap()))
+            .stderr(Stdio::from(node_log))
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let sock = dir.path().join("vu.sock");
+    let daemon = Daemon::start_spec(
+        &sock,
+        &format!("omnixtend:{NODE_MAC}@udp:127.0.0.1:{port}"),
+        &["--size", &DISK.to_string()],
+    );
+    let g = guest("vhost-user-blk-omnixtend", &sock, "")
+        .host_program("mkfs.ext4")
+        .script(&format!(
+            "wait_for /dev/vda
+             test \"$(cat /sys/block/vda/size)\" = {sectors}
+             oxio-guest fill /dev/vda 48M 2M {SEED_GUEST}
+             mkfs.ext4 -q -F /dev/vda 32M
+             mount -t ext4 /dev/vda /mnt
+             touch /mnt/file
+             oxio-guest fill /mnt/file 0 2M {SEED_HOST}
+             umount /mnt
+             echo 3 > /proc/sys/vm/drop_caches
+             mount -t ext4 -o ro /dev/vda /mnt
+             oxio-guest check /mnt/file 0 2M {SEED_HOST}
+             umount /mnt
+             oxio-guest check /dev/vda 48M 2M {SEED_GUEST}",
+            sectors = DISK / 512,
+        ));
+    run(g, &daemon);
+    daemon.stop();
+    // The node's memory file now holds what the guest wrote, byte for byte.
+    let data = std::fs::read(&memory).unwrap();
+    assert_eq!(
+        pattern::first_mismatch(&data[48 << 20..50 << 20], 48 * MIB, SEED_GUEST),
+        None
+    );
+    let e2fsck = find_program("e2fsck").unwrap();
+    let out = Command::new(e2fsck)
+        .arg("-fn")
+        .arg(&memory)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "e2fsck -fn on the remote memory: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

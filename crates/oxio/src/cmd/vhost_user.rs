@@ -5,8 +5,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
+use std::time::Duration;
+
 use oxio_block::file::FileOptions;
-use oxio_block::{BlockBackend, BlockingQueue};
+use oxio_block::omnixtend::OmnixtendBackend;
+use oxio_block::{parse_size, BlockBackend, BlockingQueue, SharedBackend};
+use oxio_omnixtend::requester::{Requester, RequesterConfig};
+use oxio_omnixtend::transport::packet::PacketSocket;
+use oxio_omnixtend::transport::udp::UdpTransport;
+use oxio_omnixtend::transport::Transport;
+use oxio_omnixtend::wire::{LaneOrder, MacAddr};
 use oxio_vhost_user::{Daemon, Shutdown};
 use oxio_virtio::blk::{Block, BlockConfig};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
@@ -33,7 +41,10 @@ QEMU needs shared guest RAM:\n  qemu-system-x86_64 -m 512M \\\n    \
 -chardev socket,id=vu,path=SOCKET[,reconnect-ms=1000] \\\n    \
 -device vhost-user-blk-pci,chardev=vu,num-queues=N ...\n\n\
 Backends (--backend):\n  memory:SIZE   sparse RAM disk, e.g. memory:1G\n  \
-file:PATH     regular file or block device (io_uring; --direct for O_DIRECT)\n\n\
+file:PATH     regular file or block device (io_uring; --direct for O_DIRECT)\n  \
+omnixtend:MAC@IFACE | omnixtend:MAC@udp:HOST:PORT\n                \
+OmniXtend remote memory of the node MAC, over raw Ethernet on IFACE (root) or TLoE in UDP; \
+needs --size (and --base if the disk does not start at bus address 0)\n\n\
 Features offered: flush, discard and write-zeroes (when the backend supports them), read-only, \
 multi-queue (one I/O thread per queue), indirect descriptors, event index, packed rings.\n\n\
 SIGINT/SIGTERM: finish the requests in flight, flush the backend, remove the socket and exit \
@@ -43,9 +54,21 @@ pub struct BlkArgs {
     /// Unix socket to listen on (a stale socket file is replaced).
     #[arg(short, long, value_name = "PATH")]
     pub socket: PathBuf,
-    /// Backend: memory:SIZE or file:PATH.
+    /// Backend: memory:SIZE, file:PATH, or omnixtend:MAC@IFACE / omnixtend:MAC@udp:HOST:PORT.
     #[arg(short, long, value_name = "SPEC")]
     pub backend: String,
+    /// omnixtend: bytes of remote memory to use as the disk (suffixes K, M, G, T).
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
+    /// omnixtend: bus address of the disk's first byte.
+    #[arg(long, default_value_t = 0, value_parser = parse_u64)]
+    pub base: u64,
+    /// omnixtend: byte order within each 8-byte flit (raw: the C driver's; spec).
+    #[arg(long, default_value = "raw")]
+    pub lane_order: LaneOrder,
+    /// omnixtend: MTU of the path to the node (default: the interface's; 1500 over UDP).
+    #[arg(long)]
+    pub mtu: Option<usize>,
     /// Request queues offered (VIRTIO_BLK_F_MQ when more than 1); each has its own I/O thread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub num_queues: u16,
@@ -79,8 +102,14 @@ fn blk(args: BlkArgs) -> Result<(), CmdError> {
         direct: args.direct,
         ..FileOptions::default()
     };
-    let backend = oxio_block::open_spec(&args.backend, &options)
-        .map_err(|e| format!("--backend {}: {e}", args.backend))?;
+    let (backend, requester) = if args.backend.starts_with("omnixtend:") {
+        let (backend, requester) = open_omnixtend(&args)?;
+        (backend, Some(requester))
+    } else {
+        let backend = oxio_block::open_spec(&args.backend, &options)
+            .map_err(|e| format!("--backend {}: {e}", args.backend))?;
+        (backend, None)
+    };
     let size = backend.capabilities().size;
     let cfg = BlockConfig {
         num_queues: args.num_queues,
@@ -105,7 +134,67 @@ fn blk(args: BlkArgs) -> Result<(), CmdError> {
     tracing::info!(stats = %daemon.summary(), "stopped");
     drop(daemon);
     flush(backend.as_ref());
+    if let Some(requester) = requester {
+        requester.shutdown();
+        tracing::info!(stats = ?requester.stats(), "OmniXtend connection closed");
+    }
     Ok(())
+}
+
+fn parse_u64(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// `omnixtend:MAC@IFACE` or `omnixtend:MAC@udp:HOST:PORT`: connects to the memory node.
+fn open_omnixtend(args: &BlkArgs) -> Result<(SharedBackend, Arc<Requester>), CmdError> {
+    let spec = &args.backend;
+    let bad =
+        || format!("--backend {spec}: use omnixtend:MAC@IFACE or omnixtend:MAC@udp:HOST:PORT");
+    let (mac, place) = spec
+        .strip_prefix("omnixtend:")
+        .and_then(|rest| rest.split_once('@'))
+        .ok_or_else(bad)?;
+    let node: MacAddr = mac.parse().map_err(|e| format!("--backend {spec}: {e}"))?;
+    let size = args
+        .size
+        .as_deref()
+        .ok_or("--backend omnixtend needs --size (bytes of remote memory to use)")?;
+    let size = parse_size(size).map_err(|e| format!("--size: {e}"))?;
+    let (transport, local, mtu): (Box<dyn Transport>, MacAddr, usize) =
+        match place.strip_prefix("udp:") {
+            Some(addr) => {
+                let node_addr = addr.parse().map_err(|e| format!("--backend {spec}: {e}"))?;
+                let any = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+                let udp = UdpTransport::bind(any, Some(node_addr))?;
+                // Over UDP the MAC only names us to the node.
+                (
+                    Box::new(udp),
+                    MacAddr([2, 0, 0, 0, 0, 1]),
+                    args.mtu.unwrap_or(1500),
+                )
+            }
+            None => {
+                let sock = PacketSocket::open(place).map_err(|e| {
+                    format!("cannot open a raw socket on {place}: {e} (needs root or CAP_NET_RAW)")
+                })?;
+                let (local, mtu) = (sock.mac(), args.mtu.unwrap_or(sock.mtu()));
+                (Box::new(sock), local, mtu)
+            }
+        };
+    let mut cfg = RequesterConfig::new(local, node, size).with_mtu(mtu);
+    cfg.base = args.base;
+    cfg.lane_order = args.lane_order;
+    tracing::info!(%node, %local, mtu, base = args.base, size, "connecting to the memory node");
+    let requester = Requester::connect(cfg, transport, Duration::from_secs(5))
+        .map_err(|e| format!("cannot reach the memory node {node}: {e}"))?;
+    let requester = Arc::new(requester);
+    let backend: SharedBackend =
+        Arc::new(OmnixtendBackend::new(Arc::clone(&requester), spec.clone()));
+    Ok((backend, requester))
 }
 
 /// First SIGINT/SIGTERM: graceful shutdown; second: exit at once. SIGUSR1: log statistics.
