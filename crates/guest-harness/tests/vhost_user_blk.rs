@@ -6,7 +6,9 @@
 //! - ext4: mkfs, mount, write, umount in the guest, then `e2fsck -fn` clean on the host;
 //! - `blkdiscard` and `blkdiscard -z` leave zeros (checked on the host image);
 //! - a `--read-only` export: the guest sees a read-only disk and its writes fail;
-//! - two queues used by two vCPUs; the packed ring; EVENT_IDX off;
+//! - two queues used by two vCPUs; the packed ring; EVENT_IDX off; the memory backend;
+//! - a guest disk on OmniXtend remote memory: `oxio memory-node` over UDP with a file behind
+//!   it, which the host checks after the guest's ext4 round trip;
 //! - SIGTERM on the daemon exits cleanly after the guest is gone;
 //! - restart: the daemon is killed (SIGKILL), or stopped with SIGTERM (it drains and exits 0),
 //!   while the guest writes; a new one takes the socket, QEMU reconnects (`reconnect-ms`), the
