@@ -1,8 +1,8 @@
 //! The Linux kernel's own NBD client against oxio's NBD server: `oxio serve` runs on the host
 //! with a file backend, Debian's `nbd-client` inside a guest connects over `-netdev user` (the
-//! host's 127.0.0.1 is 10.0.2.2 there) by netlink and by ioctl, and the guest makes, mounts
-//! and fills an ext4 filesystem. The host then checks the image itself: `e2fsck -fn` and the
-//! bytes of a file the guest wrote, read back with `debugfs`.
+//! host's 127.0.0.1 is 10.0.2.2 there) by netlink, by ioctl and with two connections, and the
+//! guest makes, mounts and fills an ext4 filesystem. The host then checks the image itself:
+//! `e2fsck -fn` and the bytes of a file the guest wrote, read back with `debugfs`.
 
 // Helpers of a test may unwrap too: a panic there is a test failure.
 #![allow(clippy::unwrap_used)]
@@ -108,6 +108,18 @@ fn kernel_nbd_client_in_a_guest_fills_ext4_on_oxio_serve() {
          umount /mnt
          e2fsck -fn /dev/nbd1
          nbd-client -d /dev/nbd1
+         # two connections (-C 2: the server advertises multi-conn), writes spread over both
+         nbd-client 10.0.2.2 {port} /dev/nbd2 -N disk -C 2
+         mount -t ext4 /dev/nbd2 /mnt
+         dd if=/dev/urandom of=/mnt/multi bs=1M count=8 2>/dev/null
+         md5sum /mnt/multi > /tmp/multi.md5
+         umount /mnt
+         echo 3 > /proc/sys/vm/drop_caches
+         mount -t ext4 /dev/nbd2 /mnt
+         md5sum -c /tmp/multi.md5
+         oxio-guest check /mnt/pattern 0 {PATTERN_LEN} {SEED}
+         umount /mnt
+         nbd-client -d /dev/nbd2
          sleep 0.5"
     );
     let outcome = Guest::new("nbd-client-oxio-serve")
