@@ -292,7 +292,11 @@ impl<D: VirtioDevice> Backend<D> {
         set_nonblocking(&fd)?;
         // SAFETY: `fd` is an owned eventfd from the frontend; ownership moves into the EventFd.
         let kick = unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) };
-        self.stop();
+        self.vring(u32::from(index))?;
+        // A running vring's workers wait on the old fd: restart; other vrings go on.
+        if self.running.contains(&u16::from(index)) {
+            self.stop();
+        }
         self.vring(u32::from(index))?.kick = Some(kick);
         self.refresh();
         Ok(())
