@@ -291,6 +291,11 @@ impl Conn {
             self.rend -= self.rstart;
             self.rstart = 0;
         }
+        if self.rend == self.rbuf.len() {
+            // Full of unparsed bytes (only possible while parsing is paused): a zero-length
+            // read would look like EOF, so wait for the backlog to drain instead.
+            return Poll::Pending;
+        }
         let mut rb = ReadBuf::new(&mut self.rbuf[self.rend..]);
         Pin::new(stream)
             .poll_read(cx, &mut rb)
