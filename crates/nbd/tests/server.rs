@@ -370,12 +370,12 @@ fn shutdown_answers_in_flight_requests_then_closes() {
     assert!(!r.path.exists(), "the socket file is removed");
 }
 
-/// A backend whose requests take 100 ms, completing on a thread through the notifier, so
-/// requests are really in flight when shutdown fires.
+/// A backend whose requests wait at a gate the test opens, completing on a thread through the
+/// notifier, so requests are provably in flight when shutdown fires.
 mod slow {
     use std::os::fd::BorrowedFd;
-    use std::sync::{Arc, Mutex};
-    use std::time::Duration;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Condvar, Mutex};
 
     use oxio_block::memory::MemoryBackend;
     use oxio_block::{
@@ -383,14 +383,36 @@ mod slow {
         Request, Result,
     };
 
+    /// Counts submitted requests and holds them until opened.
+    #[derive(Debug, Default)]
+    pub struct Gate {
+        pub submitted: AtomicUsize,
+        open: Mutex<bool>,
+        cv: Condvar,
+    }
+
+    impl Gate {
+        pub fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.cv.notify_all();
+        }
+        fn wait(&self) {
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.cv.wait(open).unwrap();
+            }
+        }
+    }
+
     #[derive(Debug)]
-    pub struct Slow(pub MemoryBackend);
+    pub struct Slow(pub MemoryBackend, pub Arc<Gate>);
 
     #[derive(Debug)]
     struct SlowQueue {
         inner: Arc<Mutex<BlockingQueue>>,
         done: Arc<Mutex<Vec<Completion>>>,
         notifier: Notifier,
+        gate: Arc<Gate>,
         in_flight: usize,
     }
 
@@ -400,10 +422,12 @@ mod slow {
         }
         fn open_queue(&self, _depth: usize) -> Result<Box<dyn BlockQueue>> {
             let inner = Arc::new(Mutex::new(BlockingQueue::new(self.0.open_queue(1)?)));
+            let (done, notifier, gate) = (Arc::default(), Notifier::new()?, self.1.clone());
             Ok(Box::new(SlowQueue {
                 inner,
-                done: Arc::default(),
-                notifier: Notifier::new()?,
+                done,
+                notifier,
+                gate,
                 in_flight: 0,
             }))
         }
@@ -414,14 +438,12 @@ mod slow {
 
     impl BlockQueue for SlowQueue {
         fn submit(&mut self, req: Request) -> std::result::Result<(), QueueFull> {
-            let (inner, done, n) = (
-                self.inner.clone(),
-                self.done.clone(),
-                self.notifier.try_clone().unwrap(),
-            );
+            let (inner, done) = (self.inner.clone(), self.done.clone());
+            let (n, gate) = (self.notifier.try_clone().unwrap(), self.gate.clone());
             self.in_flight += 1;
+            gate.submitted.fetch_add(1, Ordering::SeqCst);
             std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(100));
+                gate.wait();
                 let Request { tag, op } = req;
                 let (result, buf) = match inner.lock().unwrap().run(op) {
                     Ok(buf) => (Ok(()), buf),
@@ -459,7 +481,8 @@ mod slow {
 fn shutdown_drains_requests_still_in_the_backend() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("slow.sock");
-    let backend = Arc::new(slow::Slow(MemoryBackend::new(SIZE).unwrap()));
+    let gate = Arc::new(slow::Gate::default());
+    let backend = Arc::new(slow::Slow(MemoryBackend::new(SIZE).unwrap(), gate.clone()));
     let exports = ExportSet::new(vec![Arc::new(Export::new("", backend))]);
     let (trigger, shutdown) = Shutdown::new();
     let p = path.clone();
@@ -497,9 +520,13 @@ fn shutdown_drains_requests_still_in_the_backend() {
         burst.extend_from_slice(&[1; 512]);
     }
     c.s.write_all(&burst).unwrap();
-    thread::sleep(std::time::Duration::from_millis(30));
-    let start = std::time::Instant::now();
+    // All 32 are in the backend, held at the gate, when shutdown fires.
+    while gate.submitted.load(std::sync::atomic::Ordering::SeqCst) < 32 {
+        thread::sleep(std::time::Duration::from_millis(1));
+    }
     r.trigger.fire();
+    thread::sleep(std::time::Duration::from_millis(20));
+    gate.open();
     let mut seen = std::collections::HashSet::new();
     for _ in 0..32 {
         let rep = c.simple();
@@ -507,10 +534,6 @@ fn shutdown_drains_requests_still_in_the_backend() {
         seen.insert(rep.cookie);
     }
     assert_eq!(seen.len(), 32);
-    assert!(
-        start.elapsed() >= std::time::Duration::from_millis(50),
-        "the replies waited for the backend"
-    );
     assert!(c.closed());
     r.done.join().unwrap();
 }
@@ -529,5 +552,31 @@ fn a_live_servers_socket_is_not_stolen_but_a_stale_one_is_replaced() {
     let stale = r.path.with_file_name("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     rt.block_on(async { Listener::unix(&stale).unwrap() });
+    stop(r);
+}
+
+#[test]
+fn writes_on_one_connection_are_seen_by_another_after_flush() {
+    let r = start();
+    let mut a = Client::connect(&r, 3);
+    let mut b = Client::connect(&r, 3);
+    a.option(opt::GO, &name_and_infos("a", &[]));
+    b.option(opt::GO, &name_and_infos("a", &[]));
+    for (i, c) in [&mut a, &mut b].into_iter().enumerate() {
+        let offset = 8192 * i as u64;
+        c.request(Command::Write, 0, 1, offset, 4096, false);
+        c.s.write_all(&[0x40 + i as u8; 4096]).unwrap();
+        assert_eq!(c.simple().error, 0);
+        c.request(Command::Flush, 0, 2, 0, 0, false);
+        assert_eq!(c.simple().error, 0);
+    }
+    // Each connection reads what the other wrote (CAN_MULTI_CONN).
+    for (c, offset, byte) in [(&mut a, 8192u64, 0x41u8), (&mut b, 0, 0x40)] {
+        c.request(Command::Read, 0, 3, offset, 4096, false);
+        assert_eq!(c.simple().error, 0);
+        let mut data = vec![0u8; 4096];
+        c.s.read_exact(&mut data).unwrap();
+        assert!(data.iter().all(|&x| x == byte));
+    }
     stop(r);
 }
