@@ -1,5 +1,5 @@
-//! The NBD server: fixed-newstyle negotiation ([`handshake`]), the transmission phase
-//! ([`transmission`]), listeners and connection management ([`listener`]).
+//! The NBD server: fixed-newstyle negotiation ([`negotiate`]), the transmission phase
+//! ([`serve_transmission`]), listeners and connection management ([`Server`], [`Listener`]).
 //!
 //! ```text
 //!  accept ──> negotiate(options) ──GO/EXPORT_NAME──> serve_transmission ──DISC/EOF──> close
