@@ -580,3 +580,16 @@ fn writes_on_one_connection_are_seen_by_another_after_flush() {
     }
     stop(r);
 }
+
+#[test]
+fn shutdown_does_not_wait_for_clients_still_negotiating() {
+    let r = start();
+    let mut c = Client::connect(&r, 3); // greeting read, flags sent, no option yet
+    r.trigger.fire();
+    c.s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    // Closed at once, not after the 60 s handshake timeout (a timeout here is an error).
+    assert_eq!(c.s.read(&mut b).unwrap(), 0);
+    r.done.join().unwrap();
+}

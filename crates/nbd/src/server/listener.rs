@@ -255,14 +255,16 @@ async fn connection<S>(mut stream: S, peer: String, exports: Arc<ExportSet>, shu
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let negotiated = match tokio::time::timeout(
+    // A client still negotiating has nothing in flight: on shutdown it is simply dropped
+    // rather than allowed to hold the server up for the handshake timeout.
+    let mut stop = shutdown.clone();
+    let handshake = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         negotiate(&mut stream, &exports, &shutdown),
-    )
-    .await
-    {
-        Err(_) => Err(ServerError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
-        Ok(r) => r,
+    );
+    let negotiated = tokio::select! {
+        r = handshake => r.unwrap_or(Err(ServerError::HandshakeTimeout(HANDSHAKE_TIMEOUT))),
+        () = stop.fired() => return tracing::debug!(%peer, "shutdown during negotiation"),
     };
     let n = match negotiated {
         Ok(Some(n)) => n,
