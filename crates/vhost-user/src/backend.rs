@@ -229,6 +229,17 @@ impl<D: VirtioDevice> Backend<D> {
         Ok(())
     }
 
+    /// The current memory table.
+    pub fn mem_table(&self) -> Option<&MemoryTable> {
+        self.mem.as_ref()
+    }
+
+    /// Drops the memory table (its last region was removed); the device stops.
+    pub fn clear_mem_table(&mut self) {
+        self.stop();
+        self.mem = None;
+    }
+
     /// Replaces the memory table; a running device restarts in the new memory.
     pub fn set_mem_table(&mut self, table: MemoryTable) {
         self.stop();

@@ -6,6 +6,7 @@
 //! addresses arrive as VMM user addresses, not guest addresses.
 
 use std::fs::File;
+use std::sync::Arc;
 
 use oxio_virtio::GuestMemory;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
@@ -41,6 +42,12 @@ pub enum MemoryTableError {
     /// The queue engine refused the mapping.
     #[error("Cannot use the mapped guest memory")]
     Engine(#[source] oxio_virtio::MemoryError),
+    /// A region's fd could not be duplicated (kept to rebuild the table later).
+    #[error("Cannot keep the memory region's file descriptor")]
+    Dup(#[source] std::io::Error),
+    /// `REM_MEM_REG` named a region that is not in the table.
+    #[error("No memory region at guest address {0:#x} to remove")]
+    NoSuchRegion(u64),
 }
 
 /// One region as the frontend described it.
@@ -72,6 +79,8 @@ impl From<&vhost::vhost_user::message::VhostUserMemoryRegion> for RegionInfo {
 pub struct MemoryTable {
     mem: GuestMemory,
     regions: Vec<RegionInfo>,
+    /// The regions' fds, kept so `ADD_MEM_REG`/`REM_MEM_REG` can rebuild the table.
+    files: Vec<Arc<File>>,
 }
 
 impl MemoryTable {
@@ -85,7 +94,9 @@ impl MemoryTable {
             });
         }
         let mut mapped = Vec::with_capacity(regions.len());
+        let mut kept = Vec::with_capacity(regions.len());
         for (r, file) in regions.iter().zip(files) {
+            kept.push(Arc::new(file.try_clone().map_err(MemoryTableError::Dup)?));
             let size = usize::try_from(r.memory_size)
                 .map_err(|_| MemoryTableError::TooLarge(r.guest_phys_addr))?;
             let region = MmapRegion::from_file(FileOffset::new(file, r.mmap_offset), size)
@@ -104,7 +115,46 @@ impl MemoryTable {
         Ok(Self {
             mem,
             regions: regions.to_vec(),
+            files: kept,
         })
+    }
+
+    /// This table plus one region (`ADD_MEM_REG`).
+    pub fn with_region(&self, region: RegionInfo, file: File) -> Result<Self, MemoryTableError> {
+        let mut regions = self.regions.clone();
+        let mut files = self.dup_files()?;
+        regions.push(region);
+        files.push(file);
+        Self::map(&regions, files)
+    }
+
+    /// This table without the region at `region`'s guest address, size and user address
+    /// (`REM_MEM_REG`); `None` if it was the last one.
+    pub fn without_region(&self, region: &RegionInfo) -> Result<Option<Self>, MemoryTableError> {
+        let same = |r: &RegionInfo| {
+            (r.guest_phys_addr, r.memory_size, r.user_addr)
+                == (region.guest_phys_addr, region.memory_size, region.user_addr)
+        };
+        let i = self
+            .regions
+            .iter()
+            .position(same)
+            .ok_or(MemoryTableError::NoSuchRegion(region.guest_phys_addr))?;
+        let mut regions = self.regions.clone();
+        let mut files = self.dup_files()?;
+        regions.remove(i);
+        files.remove(i);
+        if regions.is_empty() {
+            return Ok(None);
+        }
+        Self::map(&regions, files).map(Some)
+    }
+
+    fn dup_files(&self) -> Result<Vec<File>, MemoryTableError> {
+        self.files
+            .iter()
+            .map(|f| f.try_clone().map_err(MemoryTableError::Dup))
+            .collect()
     }
 
     /// The mapped guest memory.
@@ -168,6 +218,34 @@ mod tests {
         assert_eq!(table.user_to_guest(0x7f00_0000_1800), Some(0x10_0800));
         assert_eq!(table.user_to_guest(0x7f00_0000_3000), None);
         assert_eq!(table.user_to_guest(0x10), None);
+    }
+
+    #[test]
+    fn regions_are_added_and_removed() {
+        let r0 = RegionInfo {
+            guest_phys_addr: 0,
+            memory_size: 0x1000,
+            user_addr: 0x10_0000,
+            mmap_offset: 0,
+        };
+        let r1 = RegionInfo {
+            guest_phys_addr: 0x8000,
+            memory_size: 0x2000,
+            user_addr: 0x20_0000,
+            mmap_offset: 0x1000,
+        };
+        let t = MemoryTable::map(&[r0], vec![memfd(0x1000)]).unwrap();
+        let t = t.with_region(r1, memfd(0x3000)).unwrap();
+        assert_eq!(t.guest_memory().num_regions(), 2);
+        assert_eq!(t.user_to_guest(0x20_0010), Some(0x8010));
+        let t = t.without_region(&r0).unwrap().unwrap();
+        assert_eq!(t.user_to_guest(0x10_0010), None);
+        assert_eq!(t.user_to_guest(0x20_0010), Some(0x8010));
+        assert!(matches!(
+            t.without_region(&r0),
+            Err(MemoryTableError::NoSuchRegion(0))
+        ));
+        assert!(t.without_region(&r1).unwrap().is_none());
     }
 
     #[test]

@@ -168,6 +168,22 @@ struct Vrings {
 
 /// What QEMU does at DRIVER_OK, trimmed to the essentials.
 fn set_up(frontend: &mut Frontend, guest: &Guest, bases: [u16; 2]) -> Vrings {
+    set_up_with(frontend, guest, bases, false)
+}
+
+/// Guest RAM as two regions (one per half), as `VhostUserMemoryRegionInfo`s.
+fn halves(guest: &Guest) -> [VhostUserMemoryRegionInfo; 2] {
+    [0, 1].map(|i| VhostUserMemoryRegionInfo {
+        guest_phys_addr: i * MEM_SIZE / 2,
+        memory_size: MEM_SIZE / 2,
+        userspace_addr: USER_BASE + i * MEM_SIZE / 2,
+        mmap_offset: i * MEM_SIZE / 2,
+        mmap_handle: guest.file.as_raw_fd(),
+    })
+}
+
+/// `set_up`, with the memory sent region by region (ADD_MEM_REG) if `slots`.
+fn set_up_with(frontend: &mut Frontend, guest: &Guest, bases: [u16; 2], slots: bool) -> Vrings {
     frontend.set_owner().unwrap();
     let offered = frontend.get_features().unwrap();
     assert_ne!(offered & (1 << 30), 0, "PROTOCOL_FEATURES offered");
@@ -192,15 +208,22 @@ fn set_up(frontend: &mut Frontend, guest: &Guest, bases: [u16; 2]) -> Vrings {
         .get_config(4, 8, VhostUserConfigFlags::empty(), &[0u8; 8])
         .unwrap();
     assert_eq!(config, vec![4, 5, 6, 7, 8, 9, 10, 11]);
-    frontend
-        .set_mem_table(&[VhostUserMemoryRegionInfo {
-            guest_phys_addr: 0,
-            memory_size: MEM_SIZE,
-            userspace_addr: USER_BASE,
-            mmap_offset: 0,
-            mmap_handle: guest.file.as_raw_fd(),
-        }])
-        .unwrap();
+    if slots {
+        assert_eq!(frontend.get_max_mem_slots().unwrap(), 64);
+        for region in halves(guest) {
+            frontend.add_mem_region(&region).unwrap();
+        }
+    } else {
+        frontend
+            .set_mem_table(&[VhostUserMemoryRegionInfo {
+                guest_phys_addr: 0,
+                memory_size: MEM_SIZE,
+                userspace_addr: USER_BASE,
+                mmap_offset: 0,
+                mmap_handle: guest.file.as_raw_fd(),
+            }])
+            .unwrap();
+    }
     let mut vrings = Vrings {
         kicks: vec![],
         calls: vec![],
@@ -524,4 +547,40 @@ fn a_frontend_that_stalls_mid_message_loses_its_session() {
     shutdown.trigger();
     server.join().unwrap().unwrap();
     drop(stalled);
+}
+
+#[test]
+fn memory_regions_added_and_removed_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vu.sock");
+    let daemon = Arc::new(Daemon::bind(&sock, Echo::default()).unwrap());
+    let shutdown = Shutdown::new().unwrap();
+    let server = {
+        let (d, s) = (daemon.clone(), shutdown.clone());
+        std::thread::spawn(move || d.serve(&s))
+    };
+    let mut guest = Guest::new(false);
+    let mut frontend = connect(&sock);
+    // Each queue's rings and buffers live in its own half, i.e. its own region.
+    let vrings = set_up_with(&mut frontend, &guest, [0, 0], true);
+    echo_once(&mut guest, &vrings, 0, b"region one");
+    echo_once(&mut guest, &vrings, 1, b"region two");
+    let [first, second] = halves(&guest);
+    frontend.remove_mem_region(&second).unwrap();
+    frontend.remove_mem_region(&first).unwrap();
+    // No memory left: the device is stopped. (The frontend sends no acks, so poll.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !daemon.backend().lock().unwrap().running_queues().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "device still running");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Adding the memory back resumes both queues where they were.
+    for region in halves(&guest) {
+        frontend.add_mem_region(&region).unwrap();
+    }
+    echo_once(&mut guest, &vrings, 1, b"back again");
+    echo_once(&mut guest, &vrings, 0, b"both");
+    shutdown.trigger();
+    server.join().unwrap().unwrap();
+    drop(frontend);
 }

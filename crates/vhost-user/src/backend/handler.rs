@@ -19,7 +19,12 @@ use crate::memory::{MemoryTable, RegionInfo};
 /// The protocol features we implement (REPLY_ACK is added by the `vhost` crate).
 pub const PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
     .union(VhostUserProtocolFeatures::CONFIG)
-    .union(VhostUserProtocolFeatures::RESET_DEVICE);
+    .union(VhostUserProtocolFeatures::RESET_DEVICE)
+    .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+
+/// Memory slots offered with CONFIGURE_MEM_SLOTS (regions added one by one: memory hotplug,
+/// and more than the 8 regions `SET_MEM_TABLE` can carry).
+pub const MAX_MEM_SLOTS: u64 = 64;
 
 /// A request we never offered: the frontend broke the protocol, so the session ends (these
 /// requests expect data back, which we have none to give).
@@ -195,20 +200,52 @@ impl<D: VirtioDevice> VhostUserBackendReqHandlerMut for Backend<D> {
     }
 
     fn get_max_mem_slots(&mut self) -> Result<u64> {
-        unsupported("GET_MAX_MEM_SLOTS")
+        Ok(MAX_MEM_SLOTS)
     }
 
     fn add_mem_region(
         &mut self,
-        _region: &VhostUserSingleMemoryRegion,
-        _fd: File,
+        region: &VhostUserSingleMemoryRegion,
+        fd: File,
         _postcopy_listening: Option<bool>,
     ) -> Result<Option<VhostUserMemoryRegionBase>> {
-        unsupported("ADD_MEM_REG")
+        let info = RegionInfo::from(&**region);
+        tracing::debug!(
+            gpa = format_args!("{:#x}", info.guest_phys_addr),
+            size = info.memory_size,
+            "ADD_MEM_REG"
+        );
+        let count = self.mem_table().map_or(0, |t| t.regions().len());
+        if count as u64 >= MAX_MEM_SLOTS {
+            return Err(BackendError::Unsupported("more than MAX_MEM_SLOTS regions").into());
+        }
+        let table = match self.mem_table() {
+            Some(t) => t.with_region(info, fd),
+            None => MemoryTable::map(&[info], vec![fd]),
+        }
+        .map_err(BackendError::from)?;
+        Backend::set_mem_table(self, table);
+        Ok(None)
     }
 
-    fn remove_mem_region(&mut self, _region: &VhostUserSingleMemoryRegion) -> Result<()> {
-        unsupported("REM_MEM_REG")
+    fn remove_mem_region(&mut self, region: &VhostUserSingleMemoryRegion) -> Result<()> {
+        let info = RegionInfo::from(&**region);
+        tracing::debug!(
+            gpa = format_args!("{:#x}", info.guest_phys_addr),
+            "REM_MEM_REG"
+        );
+        let table = self
+            .mem_table()
+            .ok_or(BackendError::Memory(
+                crate::memory::MemoryTableError::NoSuchRegion(info.guest_phys_addr),
+            ))?
+            .without_region(&info)
+            .map_err(BackendError::from)?;
+        match table {
+            Some(t) => Backend::set_mem_table(self, t),
+            None => self.clear_mem_table(),
+        }
+        Ok(())
     }
 
     fn set_device_state_fd(
