@@ -12,7 +12,8 @@ use oxio_virtio::device::{features, ActiveQueue, DeviceError};
 use oxio_virtio::{GuestMemory, Interrupt, QueueState, VirtioDevice};
 use proptest::prelude::*;
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserMemoryRegion, VhostUserVringAddrFlags,
+    VhostUserConfigFlags, VhostUserMemoryRegion, VhostUserSingleMemoryRegion,
+    VhostUserVringAddrFlags,
 };
 use vhost::vhost_user::VhostUserBackendReqHandlerMut as H;
 use vmm_sys_util::eventfd::EventFd;
@@ -73,6 +74,8 @@ enum Op {
     GetBase(u32),
     GetConfig(u32, u32),
     SetConfig(u32, u8),
+    AddRegion(u8),
+    RemRegion(u8),
     Reset,
     Disconnect,
     /// What a well-behaved frontend does for one vring, so activation is common.
@@ -116,6 +119,8 @@ fn op() -> impl Strategy<Value = Op> {
         idx.prop_map(Op::GetBase),
         (any::<u32>(), 0u32..300).prop_map(|(o, s)| Op::GetConfig(o, s)),
         (any::<u32>(), any::<u8>()).prop_map(|(o, l)| Op::SetConfig(o, l)),
+        (0u8..3).prop_map(Op::AddRegion),
+        (0u8..3).prop_map(Op::RemRegion),
         Just(Op::Reset),
         Just(Op::Disconnect),
         (0u8..2).prop_map(Op::SetUp),
@@ -179,6 +184,24 @@ fn apply(b: &mut Backend<Passive>, op: &Op) {
             &vec![0; usize::from(l)],
             VhostUserConfigFlags::WRITABLE,
         ),
+        Op::AddRegion(k) => {
+            let r = VhostUserSingleMemoryRegion::new(
+                u64::from(k) * MEM,
+                MEM,
+                USER + u64::from(k) * MEM,
+                0,
+            );
+            H::add_mem_region(b, &r, memfd(), None).map(drop)
+        }
+        Op::RemRegion(k) => {
+            let r = VhostUserSingleMemoryRegion::new(
+                u64::from(k) * MEM,
+                MEM,
+                USER + u64::from(k) * MEM,
+                0,
+            );
+            H::remove_mem_region(b, &r)
+        }
         Op::Reset => H::reset_device(b),
         Op::SetUp(i) => {
             let base = USER + u64::from(i) * 0x4000;
