@@ -9,7 +9,7 @@
 //! server from reading more requests once [`MAX_IN_FLIGHT`] or [`MAX_OUTSTANDING_BYTES`] is
 //! reached.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
@@ -34,6 +34,9 @@ pub const MAX_IN_FLIGHT: usize = 512;
 const MAX_OUTSTANDING_BYTES: usize = 256 << 20;
 /// Size of the read buffer (many small requests arrive per `read`).
 const READ_BUF: usize = 256 << 10;
+/// After shutdown, how long a client may take to read the replies to its in-flight requests
+/// before the connection is cut (a client that stops reading must not hold the server up).
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// In extended mode, a payload longer than this is a denial of service: disconnect.
 const MAX_DISCARD: u64 = 1 << 32;
 
@@ -132,6 +135,8 @@ struct Conn {
     disc: bool,
     eof: bool,
     stopping: bool,
+    /// Once stopping: the time by which in-flight replies must have been delivered.
+    drain_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     submitted: bool,
 }
 
@@ -171,6 +176,7 @@ impl Conn {
             disc: false,
             eof: false,
             stopping: false,
+            drain_deadline: None,
             submitted: false,
         })
     }
@@ -192,7 +198,10 @@ impl Conn {
                 Event::Read(n) => self.received(n),
                 Event::Wrote(n) => self.out.advance(n),
                 Event::Completions => {}
-                Event::Shutdown => self.stopping = true,
+                Event::Shutdown => {
+                    self.stopping = true;
+                    self.drain_deadline = Some(Box::pin(tokio::time::sleep(DRAIN_TIMEOUT)));
+                }
             }
         }
     }
@@ -263,6 +272,14 @@ impl Conn {
                     }
                 }
                 return Poll::Ready(Ok(Event::Completions));
+            }
+        }
+        if let Some(deadline) = &mut self.drain_deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                let msg = format!(
+                    "replies still undelivered {DRAIN_TIMEOUT:?} after shutdown; disconnecting"
+                );
+                return Poll::Ready(Err(ServerError::Protocol(msg)));
             }
         }
         if !self.stopping && self.shutdown.poll_fired(cx).is_ready() {
@@ -565,5 +582,49 @@ impl Conn {
                 self.reject(h, errno::from_backend(e.errno()), &msg);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use oxio_block::memory::MemoryBackend;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_gives_up_on_a_client_that_stops_reading() {
+        let export = Arc::new(Export::new(
+            "",
+            Arc::new(MemoryBackend::new(64 << 20).unwrap()),
+        ));
+        let (mut client, server) = tokio::io::duplex(64 << 10);
+        let (trigger, shutdown) = Shutdown::new();
+        let task = tokio::spawn(serve_transmission(
+            server,
+            export,
+            TransmissionMode::simple(),
+            shutdown,
+        ));
+        let mut reqs = Vec::new();
+        for i in 0..32u64 {
+            let h = RequestHeader {
+                flags: 0,
+                command: Command::Read,
+                cookie: i,
+                offset: i << 20,
+                length: 1 << 20,
+            };
+            h.emit(&mut reqs, false);
+        }
+        // 32 MiB of replies against a 64 KiB pipe the client never reads.
+        client.write_all(&reqs).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        trigger.fire();
+        let result = task.await.unwrap();
+        assert!(
+            matches!(&result, Err(ServerError::Protocol(m)) if m.contains("undelivered")),
+            "{result:?}"
+        );
     }
 }
