@@ -279,6 +279,35 @@ fn two_queues_serve_two_vcpus() {
     );
 }
 
+#[test]
+fn two_queues_offered_one_vcpu_uses_one() {
+    // Linux uses min(num_queues, CPUs) queues: QEMU enables vring 1 but never sets it up, and
+    // the daemon must run vring 0 alone.
+    let dir = tempfile::tempdir().unwrap();
+    let image = image_with_host_pattern(dir.path());
+    let sock = dir.path().join("vu.sock");
+    let daemon = Daemon::start(&sock, &image, &["--num-queues", "2"]);
+    let g = guest("vhost-user-blk-mq-1cpu", &sock, ",num-queues=2").script(&format!(
+        "wait_for /dev/vda
+         test \"$(ls /sys/block/vda/mq | wc -l)\" = 1
+         oxio-guest check /dev/vda {host_off} 2M {SEED_HOST}
+         oxio-guest fill /dev/vda 0 4M {SEED_GUEST}",
+        host_off = 40 * MIB,
+    ));
+    run(g, &daemon);
+    let log = daemon.log();
+    daemon.stop();
+    assert!(
+        !log.contains("queues=[0, 1]"),
+        "vring 1 was never set up:\n{log}"
+    );
+    let data = std::fs::read(&image).unwrap();
+    assert_eq!(
+        pattern::first_mismatch(&data[..4 << 20], 0, SEED_GUEST),
+        None
+    );
+}
+
 /// Pattern both ways on a device variant, and the negotiated feature bit checked.
 fn variant(name: &str, device: &str, bit: usize, want: char) {
     let dir = tempfile::tempdir().unwrap();
