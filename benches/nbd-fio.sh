@@ -5,15 +5,16 @@
 #   nbdkit       memory 1G                             (sparse RAM, default allocator)
 # all on a Unix socket, in one run, same workloads in the same order:
 #   1 MiB sequential write and read at QD8, then 4 KiB random write and read at QD32,
-# over a 256 MiB region that the sequential write fills first. Prints a table of IOPS,
-# MiB/s and oxio's ratio to each peer.
+# over a 256 MiB region (prefilled before the read and random-write runs). Prints medians of
+# IOPS, MiB/s, oxio's ratio to each peer, and the server's CPU time per request.
 #
-# Usage: [OXIO_BIN=path] benches/nbd-fio.sh [SECONDS per workload, default 10]
+# Usage: [OXIO_BIN=path] benches/nbd-fio.sh [SECONDS per run, default 6] [ROUNDS, default 3]
 # Needs: fio, nbdkit, qemu-nbd (scripts/setup.d/40-nbd.sh). Client and server share the
 # machine's CPUs, so figures are only comparable within one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runtime=${1:-10}
+runtime=${1:-6}
+rounds=${2:-3}
 # The machine is shared: as root, raise this script's priority (inherited by every server and
 # fio) so other work on the box disturbs the comparison less. All three servers get the same.
 if [ "$(id -u)" = 0 ]; then
@@ -43,6 +44,7 @@ wait_socket() {
 
 start() { # start NAME: launches the server, sets $pid and $uri
     local sock=$work/$1.sock
+    rm -f "$sock" # a previous server's socket file must not look ready
     case $1 in
     oxio)
         "$OXIO" serve --unix "$sock" -b memory:1G >"$work/oxio.log" 2>&1 &
@@ -93,31 +95,49 @@ print(f'{side["iops"]:.0f} {side["bw_bytes"] / 2**20:.1f} {cpu_us / max(total, 1
 EOF
 }
 
+# Rounds: in each, every workload runs on every server (a fresh server per run, prefilled for
+# the read and random-write workloads), in a rotating server order so that whatever else the
+# machine does at a given moment does not always hit the same server. The table reports the
+# median of the rounds.
 declare -A iops mibs cpu
 servers=(oxio qemu-nbd nbdkit)
-for s in "${servers[@]}"; do
-    start "$s"
+for round in $(seq "$rounds"); do
+    order=("${servers[@]:$(( (round - 1) % 3 ))}" "${servers[@]:0:$(( (round - 1) % 3 ))}")
     for w in "${workloads[@]}"; do
         read -r name rw bs qd <<<"$w"
-        read -r i m c < <(run_fio "$s" "$name" "$rw" "$bs" "$qd")
-        iops[$s,$name]=$i
-        mibs[$s,$name]=$m
-        cpu[$s,$name]=$c
-        echo "$s $name: $i IOPS, $m MiB/s, server CPU $c us/request" >&2
+        for s in "${order[@]}"; do
+            start "$s"
+            if [ "$rw" != write ]; then
+                fio --name=prefill --ioengine=nbd --uri="$uri" --rw=write --bs=1M --iodepth=8 \
+                    --size=256M --output-format=json --output="$work/prefill.json" >/dev/null
+            fi
+            read -r i m c < <(run_fio "$s" "$name" "$rw" "$bs" "$qd")
+            iops[$s,$name]+="$i "
+            mibs[$s,$name]+="$m "
+            cpu[$s,$name]+="$c "
+            echo "round $round $s $name: $i IOPS, $m MiB/s, server CPU $c us/request" >&2
+            stop
+        done
     done
-    stop
 done
 
+median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
 echo
-echo "fio ioengine=nbd, ${runtime} s per workload, Unix socket, RAM-backed, $(nproc) CPUs shared by client and server"
+echo "fio ioengine=nbd, ${runtime} s per run, median of $rounds rounds, Unix socket, RAM-backed, $(nproc) CPUs shared by client and server"
 echo
 echo "| workload | oxio IOPS (MiB/s) | qemu-nbd IOPS (MiB/s) | nbdkit memory IOPS (MiB/s) | oxio / qemu-nbd | oxio / nbdkit | server CPU µs/request: oxio / qemu-nbd / nbdkit |"
 echo "|---|---|---|---|---|---|---|"
 for w in "${workloads[@]}"; do
     read -r name _ <<<"$w"
-    python3 - "$name" "${iops[oxio,$name]}" "${mibs[oxio,$name]}" "${iops[qemu-nbd,$name]}" \
-        "${mibs[qemu-nbd,$name]}" "${iops[nbdkit,$name]}" "${mibs[nbdkit,$name]}" \
-        "${cpu[oxio,$name]}" "${cpu[qemu-nbd,$name]}" "${cpu[nbdkit,$name]}" <<'EOF'
+    args=("$name")
+    for s in "${servers[@]}"; do
+        args+=("$(median <<<"${iops[$s,$name]}")" "$(median <<<"${mibs[$s,$name]}")")
+    done
+    for s in "${servers[@]}"; do
+        args+=("$(median <<<"${cpu[$s,$name]}")")
+    done
+    python3 - "${args[@]}" <<'EOF'
 import sys
 n, oi, om, qi, qm, ki, km, oc, qc, kc = sys.argv[1], *map(float, sys.argv[2:])
 print(f"| {n} | {oi:.0f} ({om:.0f}) | {qi:.0f} ({qm:.0f}) | {ki:.0f} ({km:.0f}) | {oi / qi:.2f}x | {oi / ki:.2f}x | {oc:.1f} / {qc:.1f} / {kc:.1f} |")
