@@ -597,3 +597,62 @@ fn shutdown_does_not_wait_for_clients_still_negotiating() {
     }
     r.done.join().unwrap();
 }
+
+#[test]
+fn clients_beyond_the_connection_limit_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("limit.sock");
+    let exports = ExportSet::new(vec![Arc::new(Export::new(
+        "",
+        Arc::new(MemoryBackend::new(SIZE).unwrap()),
+    ))]);
+    let (trigger, shutdown) = Shutdown::new();
+    let p = path.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let done = thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = Listener::unix(&p).unwrap();
+            ready_tx.send(()).unwrap();
+            Server::new(exports)
+                .max_connections(1)
+                .run(vec![l], shutdown)
+                .await
+                .unwrap();
+        });
+    });
+    ready_rx.recv().unwrap();
+    let r = Running {
+        path,
+        trigger,
+        done,
+        _dir: dir,
+    };
+    let mut first = Client::connect(&r, 3);
+    first.option(opt::GO, &name_and_infos("", &[]));
+    let mut second = UnixStream::connect(&r.path).unwrap();
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(second.read(&mut b), Ok(0) | Err(_)),
+        "the second client is closed"
+    );
+    first.request(Command::Flush, 0, 1, 0, 0, false);
+    assert_eq!(first.simple().error, 0, "the first is still served");
+    first.request(Command::Disc, 0, 2, 0, 0, false);
+    assert!(first.closed());
+    // Its slot is freed once the connection's task has ended: retry until a client is served.
+    let served = (0..500).any(|_| {
+        let mut s = UnixStream::connect(&r.path).unwrap();
+        let mut greeting = [0u8; 18];
+        let ok = s.read_exact(&mut greeting).is_ok();
+        if !ok {
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+        ok
+    });
+    assert!(served, "a client is served again after the first one left");
+    stop(r);
+}

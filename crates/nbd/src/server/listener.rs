@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use super::export::ExportSet;
 use super::handshake::{negotiate, HANDSHAKE_TIMEOUT};
@@ -153,14 +153,27 @@ fn activated(fd: RawFd) -> Result<Listener> {
 #[derive(Debug, Clone)]
 pub struct Server {
     exports: Arc<ExportSet>,
+    slots: Arc<Semaphore>,
 }
+
+/// Connections served at once unless [`Server::max_connections`] says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
 impl Server {
     /// A server for `exports`.
     pub fn new(exports: ExportSet) -> Self {
         Server {
             exports: Arc::new(exports),
+            slots: Arc::new(Semaphore::new(DEFAULT_MAX_CONNECTIONS)),
         }
+    }
+
+    /// Serves at most `n` connections at once; further clients are closed on accept (so a
+    /// flood of connections cannot exhaust file descriptors or memory).
+    #[must_use]
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.slots = Arc::new(Semaphore::new(n.max(1)));
+        self
     }
 
     /// Accepts and serves connections until `shutdown` fires, then stops accepting, lets every
@@ -171,7 +184,8 @@ impl Server {
         for l in listeners {
             let (exports, shutdown, done) =
                 (Arc::clone(&self.exports), shutdown.clone(), done_tx.clone());
-            accept_tasks.push(tokio::spawn(accept_loop(l, exports, shutdown, done)));
+            let slots = Arc::clone(&self.slots);
+            accept_tasks.push(tokio::spawn(accept_loop(l, exports, slots, shutdown, done)));
         }
         drop(done_tx);
         for t in accept_tasks {
@@ -203,6 +217,7 @@ impl Server {
 async fn accept_loop(
     l: Listener,
     exports: Arc<ExportSet>,
+    slots: Arc<Semaphore>,
     mut shutdown: Shutdown,
     done: mpsc::Sender<()>,
 ) {
@@ -214,9 +229,14 @@ async fn accept_loop(
         };
         match accepted {
             Ok(conn) => {
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::warn!(listener = %name, "connection limit reached; closing a new client");
+                    continue;
+                };
                 let (exports, shutdown, done) =
                     (Arc::clone(&exports), shutdown.clone(), done.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match conn {
                         Conn::Tcp(s, peer) => connection(s, peer, exports, shutdown).await,
                         Conn::Unix(s) => connection(s, "unix".into(), exports, shutdown).await,

@@ -26,7 +26,7 @@ use std::io;
 
 pub use export::{Export, ExportSet, TransmissionMode};
 pub use handshake::{negotiate, Negotiated, HANDSHAKE_TIMEOUT};
-pub use listener::{listeners_from_systemd, Listener, Server};
+pub use listener::{listeners_from_systemd, Listener, Server, DEFAULT_MAX_CONNECTIONS};
 pub use shutdown::{Shutdown, ShutdownTrigger};
 pub use stats::{ConnStats, ExportStats, StatsSnapshot};
 pub use transmission::{serve_transmission, serve_transmission_blocking, MAX_IN_FLIGHT};

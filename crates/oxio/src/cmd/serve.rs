@@ -82,6 +82,9 @@ pub struct ServeArgs {
     /// Log statistics every SECONDS (0: only on SIGUSR1 and at exit).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub stats_interval: u64,
+    /// Most clients served at once; more are closed on accept.
+    #[arg(long, default_value_t = oxio_nbd::server::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -329,7 +332,7 @@ async fn serve(args: ServeArgs) -> Result<(), CmdError> {
     let listeners = listeners(&args).await?;
     banner(&exports, &listeners);
     let (trigger, shutdown) = Shutdown::new();
-    let server = Server::new(exports.clone());
+    let server = Server::new(exports.clone()).max_connections(args.max_connections);
     let mut task = tokio::spawn(async move { server.run(listeners, shutdown).await });
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
