@@ -248,7 +248,7 @@ impl Worker {
             Request::Read { offset, len } => {
                 vec![Op::Read {
                     offset,
-                    buf: IoBuf::zeroed(len as usize),
+                    buf: self.pool.take(len as usize),
                 }]
             }
             Request::Write { offset, len } => {
