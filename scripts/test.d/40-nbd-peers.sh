@@ -107,6 +107,20 @@ not_ro() { nbdinfo --is read-only "$main_uri"; [ $? -eq 2 ]; }
 check "nbdinfo --is read-only is false" not_ro
 systemd_activation() { nbdinfo --size -- [ "$OXIO" serve -b memory:3M ] | grep -qx 3145728; }
 check "systemd socket activation (nbdinfo -- [ oxio serve ])" systemd_activation
+sd_notify() {
+    python3 -c "
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1]); s.settimeout(20)
+print(s.recv(100).decode().strip(), s.recv(100).decode().strip())" "$work/notify" >"$work/notify.txt" &
+    local listener=$!
+    for _ in $(seq 50); do [ -S "$work/notify" ] && break; sleep 0.1; done
+    NOTIFY_SOCKET=$work/notify "$OXIO" serve -b memory:1M --unix "$work/notify-server.sock" >/dev/null 2>&1 &
+    local srv=$!
+    for _ in $(seq 100); do [ -S "$work/notify-server.sock" ] && break; sleep 0.1; done
+    kill -TERM "$srv" && wait "$srv" && wait "$listener" && grep -qx 'READY=1 STOPPING=1' "$work/notify.txt"
+}
+check "systemd notify: READY=1 when listening, STOPPING=1 on SIGTERM" sd_notify
 
 tcp_uri=$(grep -o 'nbd://127.0.0.1:[0-9]*/oxio' "$work/main.out" | head -1)
 tcp() { [ -n "$tcp_uri" ] && nbdinfo --size "$tcp_uri" | grep -qx 1073741824 &&

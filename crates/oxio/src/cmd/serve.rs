@@ -321,6 +321,23 @@ fn banner(exports: &ExportSet, listeners: &[Listener]) {
     println!("Stop with Ctrl-C (drains in-flight requests); SIGUSR1 prints statistics.");
 }
 
+/// Tells systemd (`Type=notify` units) how the service is doing, when `NOTIFY_SOCKET` is set.
+fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = UnixDatagram::unbound().and_then(|sock| match path.as_bytes().strip_prefix(b"@") {
+        Some(name) => sock.send_to_addr(state.as_bytes(), &SocketAddr::from_abstract_name(name)?),
+        None => sock.send_to(state.as_bytes(), &path),
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
 fn print_stats(exports: &ExportSet) {
     for e in exports.iter() {
         tracing::info!(export = e.name(), "{}", e.stats().snapshot());
@@ -331,6 +348,7 @@ async fn serve(args: ServeArgs) -> Result<(), CmdError> {
     let exports = exports(&args)?;
     let listeners = listeners(&args).await?;
     banner(&exports, &listeners);
+    sd_notify("READY=1\n");
     let (trigger, shutdown) = Shutdown::new();
     let server = Server::new(exports.clone()).max_connections(args.max_connections);
     let mut task = tokio::spawn(async move { server.run(listeners, shutdown).await });
@@ -362,6 +380,7 @@ fn stop(trigger: &oxio_nbd::server::ShutdownTrigger, already: bool, name: &str) 
         std::process::exit(130);
     }
     tracing::info!("{name}: no new connections; finishing in-flight requests");
+    sd_notify("STOPPING=1\n");
     trigger.fire();
     true
 }
