@@ -148,18 +148,19 @@ pub fn encode(h: Header, ops: &[Op]) -> Vec<u8> {
     b
 }
 
-struct Bytes<'a>(&'a [u8]);
+/// A cursor over fuzz input: little-endian integers, `None` once the input runs out.
+pub(crate) struct Bytes<'a>(pub(crate) &'a [u8]);
 
 impl Bytes<'_> {
-    fn u8(&mut self) -> Option<u8> {
+    pub(crate) fn u8(&mut self) -> Option<u8> {
         let (&x, rest) = self.0.split_first()?;
         self.0 = rest;
         Some(x)
     }
-    fn u16(&mut self) -> Option<u16> {
+    pub(crate) fn u16(&mut self) -> Option<u16> {
         Some(u16::from_le_bytes([self.u8()?, self.u8()?]))
     }
-    fn u32(&mut self) -> Option<u32> {
+    pub(crate) fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes([
             self.u8()?,
             self.u8()?,

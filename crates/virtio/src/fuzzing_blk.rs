@@ -10,30 +10,10 @@ use std::sync::Arc;
 
 use crate::blk::{self, Block, BlockConfig};
 use crate::device::VirtioDevice;
+use crate::fuzzing::Bytes;
 use crate::memory::GuestMemory;
 use crate::mock::{Buf, MockDriver, MockLayout, Placement};
 use crate::queue::{RawDescriptor, RingFeatures};
-
-struct Bytes<'a>(&'a [u8]);
-
-impl Bytes<'_> {
-    fn u8(&mut self) -> Option<u8> {
-        let (&x, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(x)
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes([self.u8()?, self.u8()?]))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes([
-            self.u8()?,
-            self.u8()?,
-            self.u8()?,
-            self.u8()?,
-        ]))
-    }
-}
 
 const MEM: u64 = 4 << 20;
 const MEM_USIZE: usize = 4 << 20;
