@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../fuzz"
 export RUSTC_BOOTSTRAP=1
+# Fuzz builds (sanitizer flags, their own workspace) always go to fuzz/target, whatever the
+# caller set for the main workspace.
+export CARGO_TARGET_DIR=$PWD/target
 runs=${FUZZ_RUNS:-20000}
 targets=$(sed -n '/^\[\[bin\]\]/,/^name/ s/^name = "\(.*\)"/\1/p' Cargo.toml)
 # Targets run without a sanitizer here: the engines' unsafe code touches mmap'd guest memory,
