@@ -416,6 +416,19 @@ fn serve(c: &DescriptorChain<'_>) -> u32 {
     w.bytes_written()
 }
 
+/// `len` bytes from a xorshift generator (deterministic noise for never-panic tests).
+#[cfg(test)]
+pub(crate) fn pseudo_random_bytes(state: &mut u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect()
+}
+
 /// Seed programs: well-formed traffic of each kind, plus a few classic malformations.
 pub fn seed_programs() -> Vec<Vec<u8>> {
     let chain = |n: u16, placement| Op::AddChain {
@@ -531,14 +544,7 @@ mod tests {
     fn random_bytes_never_panic() {
         let mut x = 0x1234_5678_u64;
         for len in 0..400 {
-            let data: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x.to_le_bytes()[0]
-                })
-                .collect();
+            let data = pseudo_random_bytes(&mut x, len);
             run(&data, false);
             run(&data, true);
         }

@@ -210,14 +210,7 @@ mod tests {
     fn blk_random_programs_never_panic() {
         let mut x = 0x9e37_79b9_7f4a_7c15_u64;
         for len in 0..300 {
-            let data: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x.to_le_bytes()[0]
-                })
-                .collect();
+            let data = crate::fuzzing::pseudo_random_bytes(&mut x, len);
             let _ = run(&data);
         }
     }
