@@ -28,6 +28,7 @@
 
 mod blocking;
 mod buf;
+mod direct;
 mod error;
 pub mod file;
 pub mod memory;
@@ -41,6 +42,7 @@ use std::sync::Arc;
 
 pub use blocking::BlockingQueue;
 pub use buf::IoBuf;
+pub use direct::{DirectAccess, DIRECT_MAX_SLICES};
 pub use error::{BlockError, Result};
 pub use notify::Notifier;
 pub use spec::{open_spec, parse_size, BackendSpec, SpecError};
@@ -281,6 +283,13 @@ pub trait BlockBackend: Send + Sync + fmt::Debug {
 
     /// A one-line human description for logs and `--help` output.
     fn describe(&self) -> String;
+
+    /// Direct access to the storage, for backends whose data lives in this process's memory
+    /// (see [`DirectAccess`]). Front-ends that can use it skip queues and buffers entirely;
+    /// everything else uses [`BlockBackend::open_queue`]. The default is `None`.
+    fn direct(&self) -> Option<&dyn DirectAccess> {
+        None
+    }
 }
 
 /// A submission/completion queue on a backend, owned by one thread at a time.

@@ -8,13 +8,14 @@
 //!
 //! Requests complete inline in [`BlockQueue::submit`]: a memcpy is cheaper than any hand-off.
 
+use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock, RwLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::{
-    BlockBackend, BlockError, BlockQueue, BlockSizes, Capabilities, Completion, Extent, Notifier,
-    Op, QueueFull, Request, Result, MAX_IO_BYTES,
+    BlockBackend, BlockError, BlockQueue, BlockSizes, Capabilities, Completion, DirectAccess,
+    Extent, Notifier, Op, QueueFull, Request, Result, DIRECT_MAX_SLICES, MAX_IO_BYTES,
 };
 
 const CHUNK_SHIFT: u32 = 16;
@@ -25,6 +26,11 @@ const L2_LEN: u64 = 4096;
 pub const MAX_MEMORY_SIZE: u64 = 1 << 46;
 
 type Chunk = RwLock<Option<Box<[u8]>>>;
+type ChunkRead<'a> = RwLockReadGuard<'a, Option<Box<[u8]>>>;
+type ChunkWrite<'a> = RwLockWriteGuard<'a, Option<Box<[u8]>>>;
+
+/// What readers of never-written chunks are lent by [`DirectAccess::read_with`].
+static ZEROES: [u8; CHUNK_BYTES] = [0; CHUNK_BYTES];
 
 /// A sparse in-memory block device.
 #[derive(Debug)]
@@ -40,7 +46,7 @@ struct Store {
 }
 
 /// One piece of a request that falls within a single chunk.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Segment {
     chunk: u64,
     within: usize,
@@ -184,6 +190,66 @@ impl Store {
     }
 }
 
+impl DirectAccess for Store {
+    fn read_with(
+        &self,
+        offset: u64,
+        len: u64,
+        f: &mut dyn FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let mut guards: [Option<ChunkRead<'_>>; DIRECT_MAX_SLICES] = std::array::from_fn(|_| None);
+        let mut segs = [Segment::default(); DIRECT_MAX_SLICES];
+        let mut n = 0;
+        for (s, (guard, seg)) in Self::segments(offset, len).zip(guards.iter_mut().zip(&mut segs)) {
+            *guard = self
+                .chunk(s.chunk)
+                .map(|c| c.read().unwrap_or_else(|p| p.into_inner()));
+            *seg = s;
+            n += 1;
+        }
+        let mut iov = [IoSlice::new(&[]); DIRECT_MAX_SLICES];
+        for ((slot, guard), s) in iov.iter_mut().zip(&guards).zip(&segs).take(n) {
+            *slot = IoSlice::new(match guard.as_deref() {
+                Some(Some(data)) => &data[s.within..s.within + s.len],
+                _ => &ZEROES[..s.len],
+            });
+        }
+        f(&iov[..n])
+    }
+
+    fn write_with(
+        &self,
+        offset: u64,
+        len: u64,
+        f: &mut dyn FnMut(&mut [IoSliceMut<'_>]) -> io::Result<usize>,
+    ) -> Result<io::Result<usize>> {
+        let mut guards: [Option<ChunkWrite<'_>>; DIRECT_MAX_SLICES] = std::array::from_fn(|_| None);
+        let mut segs = [Segment::default(); DIRECT_MAX_SLICES];
+        let mut n = 0;
+        for (s, (slot, seg)) in Self::segments(offset, len).zip(guards.iter_mut().zip(&mut segs)) {
+            let chunk = self
+                .chunk_or_create(s.chunk)
+                .ok_or(BlockError::Invalid("bad chunk"))?;
+            let mut guard = chunk.write().unwrap_or_else(|p| p.into_inner());
+            if guard.is_none() {
+                *guard = Some(Self::alloc_chunk()?);
+                self.allocated_chunks.fetch_add(1, Ordering::Relaxed);
+            }
+            *slot = Some(guard);
+            *seg = s;
+            n += 1;
+        }
+        let mut iov: [IoSliceMut<'_>; DIRECT_MAX_SLICES] =
+            std::array::from_fn(|_| IoSliceMut::new(&mut []));
+        for ((slot, guard), s) in iov.iter_mut().zip(guards.iter_mut()).zip(&segs).take(n) {
+            if let Some(Some(data)) = guard.as_deref_mut() {
+                *slot = IoSliceMut::new(&mut data[s.within..s.within + s.len]);
+            }
+        }
+        Ok(f(&mut iov[..n]))
+    }
+}
+
 impl BlockBackend for MemoryBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
@@ -236,6 +302,10 @@ impl BlockBackend for MemoryBackend {
 
     fn describe(&self) -> String {
         format!("memory ({} bytes, sparse)", self.store.size)
+    }
+
+    fn direct(&self) -> Option<&dyn DirectAccess> {
+        Some(&*self.store)
     }
 }
 
@@ -494,6 +564,41 @@ mod tests {
                 .iter()
                 .all(|&x| x == tag as u8 + 1));
         }
+    }
+
+    #[test]
+    fn direct_access_lends_storage_and_zeroes() {
+        let b = MemoryBackend::new(8 << 20).unwrap();
+        let d = b.direct().unwrap();
+        // A never-written range is lent as zero slices, one per chunk, and allocates nothing.
+        let n = d
+            .read_with(CHUNK - 10, 20, &mut |s| {
+                assert_eq!(s.iter().map(|s| s.len()).collect::<Vec<_>>(), [10, 10]);
+                assert!(s.iter().all(|s| s.iter().all(|&x| x == 0)));
+                Ok(20)
+            })
+            .unwrap();
+        assert_eq!((n, b.allocated_bytes()), (20, 0));
+        // More than DIRECT_MAX_SLICES chunks: offered in several calls, stored in full.
+        let data: Vec<u8> = (0..5 << 20).map(|i: u32| (i % 253) as u8).collect();
+        let mut first = 0;
+        d.write_with(100, data.len() as u64, &mut |s| {
+            first = s.iter().map(|s| s.len()).sum();
+            assert_eq!(s.len(), DIRECT_MAX_SLICES);
+            Ok(0)
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(first, DIRECT_MAX_SLICES * CHUNK_BYTES - 100);
+        d.write_from(100, &data).unwrap();
+        let mut back = vec![0u8; data.len() + 200];
+        d.read_into(0, &mut back);
+        assert!(back[..100].iter().all(|&x| x == 0));
+        assert_eq!(&back[100..100 + data.len()], &data[..]);
+        assert!(back[100 + data.len()..].iter().all(|&x| x == 0));
+        // The queue path sees what direct access stored.
+        let mut q = BlockingQueue::new(b.open_queue(1).unwrap());
+        assert_eq!(&*q.read_at(100, 4096).unwrap(), &data[..4096]);
     }
 
     #[test]

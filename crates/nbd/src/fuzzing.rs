@@ -48,6 +48,8 @@ impl AsyncRead for Scripted<'_> {
     }
 }
 
+impl crate::server::Transport for Scripted<'_> {}
+
 impl AsyncWrite for Scripted<'_> {
     fn poll_write(
         self: Pin<&mut Self>,

@@ -5,13 +5,13 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::export::ExportSet;
 use super::handshake::{negotiate, HANDSHAKE_TIMEOUT};
 use super::transmission::serve_transmission;
+use super::transport::Transport;
 use super::{Result, ServerError, Shutdown};
 
 /// A socket the server accepts NBD connections on.
@@ -271,10 +271,12 @@ async fn accept(l: &Listener) -> std::io::Result<Conn> {
     }
 }
 
-async fn connection<S>(mut stream: S, peer: String, exports: Arc<ExportSet>, shutdown: Shutdown)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+async fn connection<S: Transport>(
+    mut stream: S,
+    peer: String,
+    exports: Arc<ExportSet>,
+    shutdown: Shutdown,
+) {
     // A client still negotiating has nothing in flight: on shutdown it is simply dropped
     // rather than allowed to hold the server up for the handshake timeout.
     let mut stop = shutdown.clone();

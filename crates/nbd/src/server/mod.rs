@@ -20,6 +20,7 @@ mod outbox;
 mod shutdown;
 mod stats;
 mod transmission;
+mod transport;
 mod validate;
 
 use std::io;
@@ -30,6 +31,7 @@ pub use listener::{listeners_from_systemd, Listener, Server, DEFAULT_MAX_CONNECT
 pub use shutdown::{Shutdown, ShutdownTrigger};
 pub use stats::{ConnStats, ExportStats, StatsSnapshot};
 pub use transmission::{serve_transmission, serve_transmission_blocking, MAX_IN_FLIGHT};
+pub use transport::Transport;
 
 use crate::wire::WireError;
 

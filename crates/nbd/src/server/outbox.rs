@@ -2,18 +2,19 @@
 //!
 //! Small replies (headers, short read data) are appended to one growing buffer so a burst of
 //! completions goes out in a single `writev`; large read payloads are queued as their own
-//! [`IoBuf`] so they are never copied.
+//! [`IoBuf`] so they are never copied, or, on a backend with [`DirectAccess`], as a range of
+//! the storage that `writev` sends from directly.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
+use std::io::{self, IoSlice};
 
-use oxio_block::IoBuf;
+use oxio_block::{DirectAccess, IoBuf, DIRECT_MAX_SLICES};
 
 use super::export::TransmissionMode;
 use crate::wire::{chunk, emit_chunk_header, emit_simple_reply, ChunkHeader};
 
 /// Read payloads up to this size are copied into the coalescing buffer.
-const INLINE_DATA_MAX: usize = 16 << 10;
+pub(crate) const INLINE_DATA_MAX: usize = 16 << 10;
 /// A coalescing buffer is closed (a new one started) beyond this size.
 const SEGMENT_MAX: usize = 1 << 20;
 /// Buffers kept for reuse.
@@ -28,13 +29,19 @@ pub(crate) const MAX_IOV: usize = 64;
 enum Segment {
     Bytes(Vec<u8>),
     Buf(IoBuf),
+    /// `len` bytes of the backend's storage at `offset`, read when they are sent.
+    Direct {
+        offset: u64,
+        len: usize,
+    },
 }
 
 impl Segment {
-    fn bytes(&self) -> &[u8] {
+    fn len(&self) -> usize {
         match self {
-            Segment::Bytes(v) => v,
-            Segment::Buf(b) => b,
+            Segment::Bytes(v) => v.len(),
+            Segment::Buf(b) => b.len(),
+            Segment::Direct { len, .. } => *len,
         }
     }
 }
@@ -133,14 +140,54 @@ impl Outbox {
 
     /// A successful READ with its data.
     pub(crate) fn read_data(&mut self, mode: &TransmissionMode, to: ReplyTo, data: IoBuf) {
+        self.read_header(mode, to, data.len());
+        self.push_data(data);
+    }
+
+    /// A successful READ of `len` bytes whose data `fill` writes into the reply (small reads
+    /// from a [`DirectAccess`] backend: one copy, straight from the storage).
+    pub(crate) fn read_inline(
+        &mut self,
+        mode: &TransmissionMode,
+        to: ReplyTo,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) {
+        self.read_header(mode, to, len);
+        self.push_with(|t| {
+            let start = t.len();
+            t.resize(start + len, 0);
+            fill(&mut t[start..]);
+        });
+    }
+
+    /// A successful READ whose data is sent straight from the [`DirectAccess`] storage at
+    /// `offset` when its turn comes (large reads: no copy in user space at all).
+    ///
+    /// The data is read at send time, not now: a WRITE to the same range that arrives in the
+    /// meantime may show. The protocol leaves the result of overlapping requests in flight
+    /// unspecified, and a write the client saw acknowledged before it sent this READ has
+    /// already landed, so the client cannot tell.
+    pub(crate) fn read_direct(
+        &mut self,
+        mode: &TransmissionMode,
+        to: ReplyTo,
+        offset: u64,
+        len: usize,
+    ) {
+        self.read_header(mode, to, len);
+        self.pending += len;
+        self.segments.push_back(Segment::Direct { offset, len });
+    }
+
+    fn read_header(&mut self, mode: &TransmissionMode, to: ReplyTo, len: usize) {
         if mode.structured_replies() {
-            let len = 8 + data.len() as u64;
             let h = ChunkHeader {
                 flags: chunk::FLAG_DONE,
                 kind: chunk::OFFSET_DATA,
                 cookie: to.cookie,
                 offset: to.offset,
-                length: len,
+                length: 8 + len as u64,
             };
             let ext = mode.extended_headers();
             self.push_with(|t| {
@@ -150,7 +197,6 @@ impl Outbox {
         } else {
             self.push_with(|t| emit_simple_reply(t, 0, to.cookie));
         }
-        self.push_data(data);
     }
 
     /// An error, with a message when the mode can carry one.
@@ -190,19 +236,42 @@ impl Outbox {
         });
     }
 
-    /// Fills `iov` with the unwritten bytes, front first; returns how many slices it used.
-    pub(crate) fn slices<'a>(&'a self, iov: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
+    /// Hands the unwritten bytes, front first, to `write` as one gather list (up to
+    /// [`MAX_IOV`] segments, and no further than the first direct segment, whose storage
+    /// `direct` lends locked for the duration of the call). Returns what `write` returns.
+    pub(crate) fn gather(
+        &self,
+        direct: Option<&dyn DirectAccess>,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
         let mut n = 0;
-        for (slot, (i, seg)) in iov.iter_mut().zip(self.segments.iter().enumerate()) {
-            let bytes = seg.bytes();
-            *slot = IoSlice::new(if i == 0 {
-                &bytes[self.front_pos..]
-            } else {
-                bytes
-            });
+        for (i, seg) in self.segments.iter().enumerate().take(MAX_IOV) {
+            let skip = if i == 0 { self.front_pos } else { 0 };
+            let bytes: &[u8] = match seg {
+                Segment::Bytes(v) => v,
+                Segment::Buf(b) => b,
+                Segment::Direct { offset, len } => {
+                    let Some(direct) = direct else {
+                        return Err(io::Error::other("direct reply without direct access"));
+                    };
+                    let prefix = &iov[..n];
+                    return direct.read_with(
+                        offset + skip as u64,
+                        (len - skip) as u64,
+                        &mut |data| {
+                            let mut all = [IoSlice::new(&[]); MAX_IOV + DIRECT_MAX_SLICES];
+                            all[..prefix.len()].copy_from_slice(prefix);
+                            all[prefix.len()..prefix.len() + data.len()].copy_from_slice(data);
+                            write(&all[..prefix.len() + data.len()])
+                        },
+                    );
+                }
+            };
+            iov[n] = IoSlice::new(&bytes[skip..]);
             n += 1;
         }
-        n
+        write(&iov[..n])
     }
 
     /// Marks `n` bytes as written.
@@ -212,7 +281,7 @@ impl Outbox {
             let Some(front) = self.segments.front() else {
                 break;
             };
-            let left = front.bytes().len() - self.front_pos;
+            let left = front.len() - self.front_pos;
             if n < left {
                 self.front_pos += n;
                 return;
@@ -227,7 +296,7 @@ impl Outbox {
                     }
                 }
                 Some(Segment::Buf(b)) => self.recycle(b),
-                None => {}
+                Some(Segment::Direct { .. }) | None => {}
             }
         }
     }
@@ -240,12 +309,15 @@ mod tests {
     fn drain(o: &mut Outbox) -> Vec<u8> {
         let mut all = Vec::new();
         while !o.is_empty() {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let used = o.slices(&mut iov);
             // Write in awkward pieces to exercise partial advances.
-            let flat: Vec<u8> = iov[..used].iter().flat_map(|s| s.iter().copied()).collect();
-            let n = flat.len().min(7);
-            all.extend_from_slice(&flat[..n]);
+            let n = o
+                .gather(None, |iov| {
+                    let flat: Vec<u8> = iov.iter().flat_map(|s| s.iter().copied()).collect();
+                    let n = flat.len().min(7);
+                    all.extend_from_slice(&flat[..n]);
+                    Ok(n)
+                })
+                .unwrap();
             o.advance(n);
         }
         all

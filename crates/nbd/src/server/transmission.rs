@@ -8,21 +8,27 @@
 //! protocol allows. Nothing blocks: a client that stops reading its replies only stops the
 //! server from reading more requests once [`MAX_IN_FLIGHT`] or [`MAX_OUTSTANDING_BYTES`] is
 //! reached.
+//!
+//! On a backend with [`DirectAccess`] (RAM), READ and WRITE skip the queue: a WRITE payload is
+//! received straight into the storage and the reply sent once the last byte landed; a READ is
+//! answered at once, its data copied into the reply buffer (small reads) or sent from the
+//! storage by `writev` (large ones). The kernel's socket copy is then the only copy.
 
 use std::future::{poll_fn, Future};
-use std::io::{self, IoSlice};
+use std::io;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use oxio_block::{BlockQueue, Completion, IoBuf, Op, Request};
+use oxio_block::{BlockError, BlockQueue, Completion, IoBuf, Op, Request};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncWriteExt, ReadBuf};
 
 use super::export::{Export, TransmissionMode};
-use super::outbox::{Outbox, ReplyTo, MAX_IOV};
+use super::outbox::{Outbox, ReplyTo, INLINE_DATA_MAX};
 use super::stats::ConnStats;
+use super::transport::Transport;
 use super::validate::{errno, payload_len, validate};
 use super::{block_status, Result, ServerError, Shutdown};
 use crate::wire::{cflags, Command, RequestHeader, EXTENDED_REQUEST_LEN, SIMPLE_REQUEST_LEN};
@@ -39,19 +45,19 @@ const READ_BUF: usize = 256 << 10;
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// In extended mode, a payload longer than this is a denial of service: disconnect.
 const MAX_DISCARD: u64 = 1 << 32;
+/// After a direct WRITE payload at least this long, the next read asks for one request header
+/// only, so the next payload lands in the storage rather than in the read buffer.
+const LARGE_PAYLOAD: u64 = 64 << 10;
 
 /// Serves the transmission phase of one connection until `NBD_CMD_DISC`, EOF or `shutdown`,
 /// answering every request already received before returning. Needs a tokio runtime with
 /// I/O enabled (the queue's eventfd is registered with it).
-pub async fn serve_transmission<S>(
+pub async fn serve_transmission<S: Transport>(
     mut stream: S,
     export: Arc<Export>,
     mode: TransmissionMode,
     shutdown: Shutdown,
-) -> Result<ConnStats>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) -> Result<ConnStats> {
     let mut conn = Conn::new(export, mode, shutdown)?;
     conn.export.stats().connection_opened();
     let result = conn.run(&mut stream).await;
@@ -92,6 +98,8 @@ enum ReadState {
         buf: IoBuf,
         filled: usize,
     },
+    /// Receiving a valid WRITE's payload straight into the backend's [`DirectAccess`] storage.
+    Direct { h: RequestHeader, filled: u64 },
     /// Skipping the payload of a rejected request, then answering with `errno`.
     Discard {
         h: RequestHeader,
@@ -138,6 +146,8 @@ struct Conn {
     /// Once stopping: the time by which in-flight replies must have been delivered.
     drain_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     submitted: bool,
+    /// The next read into the read buffer asks for one request header only.
+    header_only: bool,
 }
 
 impl Conn {
@@ -178,10 +188,11 @@ impl Conn {
             stopping: false,
             drain_deadline: None,
             submitted: false,
+            header_only: false,
         })
     }
 
-    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<()> {
+    async fn run<S: Transport>(&mut self, stream: &mut S) -> Result<()> {
         loop {
             self.process_input()?;
             if self.submitted {
@@ -225,7 +236,10 @@ impl Conn {
         if self.disc || self.eof || self.stopping {
             return false;
         }
-        matches!(self.state, ReadState::Payload { .. }) || !self.over_limit()
+        matches!(
+            self.state,
+            ReadState::Payload { .. } | ReadState::Direct { .. }
+        ) || !self.over_limit()
     }
 
     fn over_limit(&self) -> bool {
@@ -233,15 +247,13 @@ impl Conn {
             || self.read_bytes_in_flight + self.out.pending_bytes() > MAX_OUTSTANDING_BYTES
     }
 
-    fn poll_event<S: AsyncRead + AsyncWrite + Unpin>(
+    fn poll_event<S: Transport>(
         &mut self,
         cx: &mut Context<'_>,
         stream: &mut S,
     ) -> Poll<Result<Event>> {
         if !self.out.is_empty() {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let used = self.out.slices(&mut iov);
-            match Pin::new(&mut *stream).poll_write_vectored(cx, &iov[..used]) {
+            match self.poll_write(cx, stream) {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(ServerError::Io(
                         "writing replies",
@@ -288,8 +300,31 @@ impl Conn {
         Poll::Pending
     }
 
-    /// Reads into the payload buffer being filled, or into the read buffer.
-    fn poll_read<S: AsyncRead + Unpin>(
+    /// Writes queued replies (one `writev`).
+    fn poll_write<S: Transport>(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut S,
+    ) -> Poll<io::Result<usize>> {
+        let mut blocked = false;
+        let r = self.out.gather(self.export.backend().direct(), |iov| {
+            match Pin::new(&mut *stream).poll_write_vectored(cx, iov) {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    blocked = true;
+                    Ok(0)
+                }
+            }
+        });
+        if blocked {
+            Poll::Pending
+        } else {
+            Poll::Ready(r)
+        }
+    }
+
+    /// Reads into the payload buffer or storage being filled, or into the read buffer.
+    fn poll_read<S: Transport>(
         &mut self,
         cx: &mut Context<'_>,
         stream: &mut S,
@@ -299,6 +334,31 @@ impl Conn {
             return Pin::new(stream)
                 .poll_read(cx, &mut rb)
                 .map_ok(|()| rb.filled().len());
+        }
+        if let ReadState::Direct { h, filled } = self.state {
+            if let Some(direct) = self.export.backend().direct() {
+                let mut blocked = false;
+                let stored =
+                    direct.write_with(
+                        h.offset + filled,
+                        h.length - filled,
+                        &mut |iov| match stream.poll_read_vectored(cx, iov) {
+                            Poll::Ready(r) => r,
+                            Poll::Pending => {
+                                blocked = true;
+                                Ok(0)
+                            }
+                        },
+                    );
+                match stored {
+                    Ok(_) if blocked => return Poll::Pending,
+                    Ok(r) => return Poll::Ready(r),
+                    // No storage for the rest: skip it, then answer with the error.
+                    Err(e) => self.direct_failed(h, h.length - filled, &e),
+                }
+            } else {
+                self.direct_failed(h, h.length - filled, &BlockError::Shutdown);
+            }
         }
         if self.rstart == self.rend {
             self.rstart = 0;
@@ -313,7 +373,12 @@ impl Conn {
             // read would look like EOF, so wait for the backlog to drain instead.
             return Poll::Pending;
         }
-        let mut rb = ReadBuf::new(&mut self.rbuf[self.rend..]);
+        let end = if self.header_only {
+            self.rbuf.len().min(self.rend + self.hdr_len)
+        } else {
+            self.rbuf.len()
+        };
+        let mut rb = ReadBuf::new(&mut self.rbuf[self.rend..end]);
         Pin::new(stream)
             .poll_read(cx, &mut rb)
             .map_ok(|()| rb.filled().len())
@@ -322,8 +387,23 @@ impl Conn {
     fn received(&mut self, n: usize) {
         match &mut self.state {
             ReadState::Payload { filled, .. } => *filled += n,
-            _ => self.rend += n,
+            ReadState::Direct { filled, .. } => *filled += n as u64,
+            _ => {
+                self.rend += n;
+                self.header_only = false;
+            }
         }
+    }
+
+    /// The storage refused a direct WRITE: skip the rest of its payload, then answer.
+    fn direct_failed(&mut self, h: RequestHeader, left: u64, e: &BlockError) {
+        tracing::debug!(cookie = h.cookie, error = %e, "direct write failed");
+        self.state = ReadState::Discard {
+            h,
+            left,
+            errno: errno::from_backend(e.errno()),
+            msg: "the backend could not store the data",
+        };
     }
 
     /// Parses and dispatches everything complete in the read buffer.
@@ -363,6 +443,34 @@ impl Conn {
                             false,
                         );
                     }
+                }
+                ReadState::Direct { h, filled } => {
+                    let (h, done) = (*h, *filled);
+                    let n = usize::try_from(h.length - done)
+                        .unwrap_or(usize::MAX)
+                        .min(avail);
+                    if n > 0 {
+                        let src = &self.rbuf[self.rstart..self.rstart + n];
+                        self.rstart += n;
+                        let stored = match self.export.backend().direct() {
+                            Some(direct) => direct.write_from(h.offset + done, src),
+                            None => Err(BlockError::Shutdown),
+                        };
+                        if let Err(e) = stored {
+                            self.direct_failed(h, h.length - done - n as u64, &e);
+                            continue;
+                        }
+                        if let ReadState::Direct { filled, .. } = &mut self.state {
+                            *filled += n as u64;
+                        }
+                    }
+                    if done + (n as u64) < h.length {
+                        return Ok(());
+                    }
+                    self.state = ReadState::Header;
+                    self.header_only = h.length >= LARGE_PAYLOAD;
+                    self.count(&h, true);
+                    self.out.ok(&self.mode, Self::to(&h));
                 }
                 ReadState::Discard { left, .. } => {
                     let n = usize::try_from(*left).unwrap_or(usize::MAX).min(avail);
@@ -416,11 +524,15 @@ impl Conn {
         let (offset, len) = (h.offset, h.length);
         let fua = h.flags & cflags::FUA != 0;
         match h.command {
+            Command::Write if self.export.backend().direct().is_some() => {
+                self.state = ReadState::Direct { h, filled: 0 };
+            }
             Command::Write => {
                 // Validated: 0 < length ≤ 32 MiB.
                 let buf = self.out.take_buf(usize::try_from(len).unwrap_or(0));
                 self.state = ReadState::Payload { h, buf, filled: 0 };
             }
+            Command::Read if self.export.backend().direct().is_some() => self.direct_read(&h),
             Command::Read => {
                 let buf = self.out.take_buf(usize::try_from(len).unwrap_or(0));
                 self.read_bytes_in_flight += buf.len();
@@ -448,6 +560,23 @@ impl Conn {
             Command::Unknown(_) => self.reject(&h, errno::EINVAL, "unknown command"),
         }
         Ok(())
+    }
+
+    /// Answers a READ from [`DirectAccess`] storage at once.
+    fn direct_read(&mut self, h: &RequestHeader) {
+        // Validated: 0 < length ≤ 32 MiB and in range.
+        let len = usize::try_from(h.length).unwrap_or(0);
+        self.count(h, true);
+        let Some(direct) = self.export.backend().direct() else {
+            return;
+        };
+        if len <= INLINE_DATA_MAX {
+            self.out.read_inline(&self.mode, Self::to(h), len, |dst| {
+                direct.read_into(h.offset, dst);
+            });
+        } else {
+            self.out.read_direct(&self.mode, Self::to(h), h.offset, len);
+        }
     }
 
     fn to(h: &RequestHeader) -> ReplyTo {
