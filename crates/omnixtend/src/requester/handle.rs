@@ -106,7 +106,9 @@ impl Requester {
             return;
         }
         lock(&self.shared.cmds).push(cmd);
-        if self.shared.sleeping.load(Ordering::SeqCst) {
+        // Only the first submission after the I/O thread went to sleep wakes it: the rest of
+        // a burst rides on that wake-up (one eventfd write, not one per request).
+        if self.shared.sleeping.swap(false, Ordering::SeqCst) {
             self.shared.waker.wake();
         }
     }

@@ -87,6 +87,12 @@ pub struct ProbeArgs {
     /// load, more CPU; 0 = always sleep).
     #[arg(long, default_value_t = 0)]
     pub busy_poll_us: u64,
+    /// Who issues the next request when one completes: `callback` (the completion callback,
+    /// on the requester's I/O thread: no thread hand-off, like an io_uring client reaping and
+    /// submitting in one loop) or `thread` (a separate submitting thread woken per batch of
+    /// completions, like a block queue served by its own thread).
+    #[arg(long, value_parser = ["callback", "thread"], default_value = "callback")]
+    pub resubmit: String,
     /// Print one JSON object per phase on stdout.
     #[arg(long)]
     pub json: bool,
@@ -208,8 +214,13 @@ struct Mailbox {
 
 impl Mailbox {
     fn post(&self, d: Done) {
-        self.done.lock().unwrap_or_else(|e| e.into_inner()).push(d);
-        if self.waiting.load(Ordering::SeqCst) {
+        let mut q = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        q.push(d);
+        // One wake-up per wait, not one futex call per completion of a batch. The flag is
+        // cleared under the lock the waiter sets it under, so no wake-up is lost.
+        let wake = self.waiting.swap(false, Ordering::SeqCst);
+        drop(q);
+        if wake {
             self.ready.notify_one();
         }
     }
@@ -228,6 +239,133 @@ impl Mailbox {
         }
         out.append(&mut q);
     }
+}
+
+/// Keeps `depth` requests in flight by issuing the next one from each completion callback.
+struct Driver {
+    req: Arc<Requester>,
+    write: bool,
+    block: u64,
+    slots: u64,
+    end: Instant,
+    stop: Arc<AtomicBool>,
+    state: Mutex<DriverState>,
+    finished: Condvar,
+}
+
+#[derive(Default)]
+struct DriverState {
+    seed: u64,
+    outstanding: usize,
+    lat: Vec<Duration>,
+    error: Option<IoError>,
+}
+
+impl Driver {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DriverState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn issue(self: &Arc<Self>, buf: Vec<u8>, off: u64) {
+        let me = self.clone();
+        let start = Instant::now();
+        let done = move |r| me.complete(start, r);
+        if self.write {
+            self.req.submit_write(off, buf, done);
+        } else {
+            self.req.submit_read(off, buf, done);
+        }
+    }
+
+    /// Runs on the requester's I/O thread: records the latency and issues the next request.
+    fn complete(self: &Arc<Self>, start: Instant, r: Result<Vec<u8>, IoError>) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let next = match r {
+            Ok(buf) => {
+                st.lat.push(now - start);
+                let more = now < self.end && !self.stop.load(Ordering::Relaxed);
+                more.then(|| (buf, next_offset(&mut st.seed, self.slots) * self.block))
+            }
+            Err(e) => {
+                st.error.get_or_insert(e);
+                None
+            }
+        };
+        if next.is_none() {
+            st.outstanding -= 1;
+            if st.outstanding == 0 {
+                self.finished.notify_all();
+            }
+        }
+        drop(st);
+        if let Some((buf, off)) = next {
+            self.issue(buf, off);
+        }
+    }
+}
+
+fn run_phase_callback(
+    req: &Arc<Requester>,
+    args: &ProbeArgs,
+    write: bool,
+    stop: &Arc<AtomicBool>,
+) -> Result<Phase, CmdError> {
+    let block = usize::try_from(args.block)?;
+    let slots = args.size / args.block.max(1);
+    if slots == 0 {
+        return Err("--block is larger than --size".into());
+    }
+    let depth = args.depth.max(1);
+    let start = Instant::now();
+    let driver = Arc::new(Driver {
+        req: req.clone(),
+        write,
+        block: args.block,
+        slots,
+        end: start + Duration::from_secs_f64(args.seconds),
+        stop: stop.clone(),
+        state: Mutex::new(DriverState {
+            seed: 0x9e37_79b9_7f4a_7c15,
+            outstanding: depth,
+            lat: Vec::with_capacity(1 << 20),
+            error: None,
+        }),
+        finished: Condvar::new(),
+    });
+    for i in 0..depth {
+        let mut buf = vec![0u8; block];
+        buf.iter_mut()
+            .enumerate()
+            .for_each(|(j, b)| *b = u8::try_from((i + j) % 256).unwrap_or(0));
+        let off = next_offset(&mut driver.lock().seed, slots) * args.block;
+        driver.issue(buf, off);
+    }
+    let deadline = driver.end + Duration::from_secs(15);
+    let mut st = driver.lock();
+    while st.outstanding > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("the memory node stopped answering".into());
+        }
+        st = driver
+            .finished
+            .wait_timeout(st, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    if let Some(e) = st.error.take() {
+        return Err(e.into());
+    }
+    let mut lat = std::mem::take(&mut st.lat);
+    lat.sort_unstable();
+    Ok(Phase {
+        name: if write { "write" } else { "read" },
+        ops: lat.len() as u64,
+        bytes: lat.len() as u64 * args.block,
+        elapsed: start.elapsed(),
+        lat,
+    })
 }
 
 fn run_phase(
@@ -414,7 +552,12 @@ fn probe(args: ProbeArgs) -> Result<(), CmdError> {
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        run_phase(&req, &args, write, &stop)?.report(&args);
+        let phase = if args.resubmit == "thread" {
+            run_phase(&req, &args, write, &stop)?
+        } else {
+            run_phase_callback(&req, &args, write, &stop)?
+        };
+        phase.report(&args);
     }
     req.shutdown();
     log_stats(&req.stats());
