@@ -253,6 +253,21 @@ impl EndpointCore {
         budget: usize,
         out: &mut dyn FnMut(&[u8]),
     ) -> usize {
+        self.poll_transmit_batch(now, budget, &mut |frames| {
+            for f in frames {
+                out(f);
+            }
+        })
+    }
+
+    /// [`EndpointCore::poll_transmit`], handing each peer's frames to `out` at once, borrowed
+    /// from its link's buffers (for a transport that sends them without a copy).
+    pub fn poll_transmit_batch(
+        &mut self,
+        now: Instant,
+        budget: usize,
+        out: &mut dyn FnMut(&[&[u8]]),
+    ) -> usize {
         let mut sent = 0;
         for peer in self.peers.values_mut() {
             let mut src = Responder {
@@ -260,7 +275,7 @@ impl EndpointCore {
                 order: self.cfg.lane_order,
                 out: &mut peer.responses,
             };
-            sent += peer.link.poll_transmit(now, &mut src, budget, out);
+            sent += peer.link.poll_transmit_batch(now, &mut src, budget, out);
         }
         let idle_timeout = self.cfg.idle_timeout;
         let retired = &mut self.stats.link;
@@ -346,8 +361,8 @@ pub fn serve_with(
         }
         let now = Instant::now();
         let mut send_err = None;
-        let sent = core.poll_transmit(now, BATCH, &mut |f| {
-            if let Err(e) = transport.send(f) {
+        let sent = core.poll_transmit_batch(now, BATCH, &mut |frames| {
+            if let Err(e) = transport.send_batch(frames) {
                 send_err.get_or_insert(e);
             }
         });

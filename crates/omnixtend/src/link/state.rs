@@ -129,6 +129,8 @@ pub struct Link {
     acked: Seq,
     replay: VecDeque<TxFrame>,
     pool: Vec<Vec<u8>>,
+    /// The ACK_only frame of the current transmit turn.
+    ack_buf: Vec<u8>,
     replay_due: bool,
     rto: Duration,
     /// The timeout after progress: smoothed RTT + 4 x RTT variation (RFC 6298), never below
@@ -179,6 +181,7 @@ impl Link {
             acked: Seq::MAX,
             replay: VecDeque::new(),
             pool: Vec::new(),
+            ack_buf: Vec::new(),
             replay_due: false,
             rto_deadline: None,
             last_progress: now,
@@ -509,19 +512,37 @@ impl Link {
         budget: usize,
         out: &mut dyn FnMut(&[u8]),
     ) -> usize {
+        self.poll_transmit_batch(now, src, budget, &mut |frames| {
+            for f in frames {
+                out(f);
+            }
+        })
+    }
+
+    /// [`Link::poll_transmit`], handing every frame of this turn to `out` at once, borrowed
+    /// from the link's own buffers (the replay buffer), so a transport can send them with one
+    /// `sendmmsg` and no copy. `out` is not called when there is nothing to send.
+    pub fn poll_transmit_batch(
+        &mut self,
+        now: Instant,
+        src: &mut dyn MessageSource,
+        budget: usize,
+        out: &mut dyn FnMut(&[&[u8]]),
+    ) -> usize {
         if self.state != State::Open {
             return 0;
         }
         self.check_timer(now);
         let mut sent = 0;
+        let mut first = self.replay.len();
         if self.replay_due {
-            sent += self.replay_all(now, out);
+            sent += self.replay_all(now);
+            first = 0;
         }
         while sent < budget && self.replay.len() < self.cfg.window {
             let Some(frame) = self.next_frame(now, src) else {
                 break;
             };
-            out(&frame.buf);
             if self.replay.is_empty() {
                 self.rto_deadline = Some(now + self.rto);
             }
@@ -529,9 +550,17 @@ impl Link {
             self.stats.frames_sent += 1;
             sent += 1;
         }
-        if sent < budget && self.ack_due(now) {
-            self.send_ack_only(out);
+        let ack_only = sent < budget && self.ack_due(now) && self.build_ack_only();
+        if ack_only {
             sent += 1;
+        }
+        if sent > 0 {
+            let mut frames: Vec<&[u8]> = Vec::with_capacity(sent);
+            frames.extend(self.replay.range(first..).map(|f| &f.buf[..]));
+            if ack_only {
+                frames.push(&self.ack_buf);
+            }
+            out(&frames);
         }
         sent
     }
@@ -544,14 +573,14 @@ impl Link {
         }
     }
 
-    fn replay_all(&mut self, now: Instant, out: &mut dyn FnMut(&[u8])) -> usize {
+    /// Marks every frame of the replay buffer for sending again (with a fresh ACK field).
+    fn replay_all(&mut self, now: Instant) -> usize {
         self.replay_due = false;
         let (seq_ack, ack) = self.ack_fields();
         let mut n = 0;
         for f in &mut self.replay {
             f.replayed = true;
             patch_ack(&mut f.buf, seq_ack, ack);
-            out(&f.buf);
             n += 1;
         }
         self.stats.frames_replayed += n as u64;
@@ -653,21 +682,25 @@ impl Link {
         self.cfg.compat.empty_normal_acks && self.ack_justified
     }
 
-    fn send_ack_only(&mut self, out: &mut dyn FnMut(&[u8])) {
+    /// Builds an ACK_only frame in `ack_buf`; false if none is to be sent (C mode).
+    fn build_ack_only(&mut self) -> bool {
         if self.cfg.compat.empty_normal_acks {
             // The C driver has no ACK_only; an unjustified ack is simply not sent.
             self.ack_sent();
-            return;
+            return false;
         }
         let (seq_ack, ack) = self.ack_fields();
         let header = TloeHeader::new(MessageType::AckOnly, self.next_tx, seq_ack, ack);
-        let mut buf = self.pool.pop().unwrap_or_default();
-        FrameBuilder::new(&mut buf, &self.eth, &header, self.cfg.max_frame_len)
-            .finish(self.cfg.min_flits);
-        out(&buf);
-        self.pool.push(buf);
+        FrameBuilder::new(
+            &mut self.ack_buf,
+            &self.eth,
+            &header,
+            self.cfg.max_frame_len,
+        )
+        .finish(self.cfg.min_flits);
         self.stats.ack_only_sent += 1;
         self.ack_sent();
+        true
     }
 
     /// Starts the transmit sequence at `seq` (tests of wrap-around).

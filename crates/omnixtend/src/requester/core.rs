@@ -214,13 +214,29 @@ impl RequesterCore {
         budget: usize,
         out: &mut dyn FnMut(&[u8]),
     ) -> usize {
+        self.poll_transmit_batch(now, budget, &mut |frames| {
+            for f in frames {
+                out(f);
+            }
+        })
+    }
+
+    /// [`RequesterCore::poll_transmit`], handing the turn's frames to `out` at once, borrowed
+    /// from the link's buffers (for a transport that sends them without a copy).
+    pub fn poll_transmit_batch(
+        &mut self,
+        now: Instant,
+        budget: usize,
+        out: &mut dyn FnMut(&[&[u8]]),
+    ) -> usize {
         self.inner.now = now;
         if now >= self.next_check {
             self.next_check = now + Duration::from_millis(5);
             self.check_health(now);
         }
         self.inner.pump();
-        self.link.poll_transmit(now, &mut self.inner, budget, out)
+        self.link
+            .poll_transmit_batch(now, &mut self.inner, budget, out)
     }
 
     /// When `poll_transmit` must next run.

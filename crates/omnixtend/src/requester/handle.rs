@@ -202,8 +202,8 @@ impl Io {
     fn flush_out(&mut self, now: Instant) -> std::io::Result<bool> {
         let mut err = None;
         let transport = &mut self.transport;
-        let sent = self.core.poll_transmit(now, BATCH, &mut |f| {
-            if let Err(e) = transport.send(f) {
+        let sent = self.core.poll_transmit_batch(now, BATCH, &mut |frames| {
+            if let Err(e) = transport.send_batch(frames) {
                 err.get_or_insert(e);
             }
         });

@@ -47,6 +47,14 @@ pub trait Transport: Send {
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
     /// Sends every queued frame.
     fn flush(&mut self) -> io::Result<()>;
+    /// Queues several frames (after any queued before); a transport that can send from the
+    /// caller's buffers sends them at once, with no copy. `flush` is still needed after.
+    fn send_batch(&mut self, frames: &[&[u8]]) -> io::Result<()> {
+        for f in frames {
+            self.send(f)?;
+        }
+        Ok(())
+    }
     /// Waits up to `timeout` (None = until woken) for frames and hands each to `on_frame`.
     /// Returns how many were received; 0 on timeout or wake-up.
     fn recv(

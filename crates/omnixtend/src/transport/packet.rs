@@ -178,6 +178,55 @@ impl PacketSocket {
         self.mtu
     }
 
+    /// Sends one frame per iovec with `sendmmsg` (at most `BATCH`). Frames the interface
+    /// cannot take are dropped, as a busy NIC would; the link layer retransmits them.
+    fn send_iovecs(&mut self, iovs: &mut [libc::iovec]) -> io::Result<()> {
+        let count = iovs.len().min(BATCH);
+        let mut start = 0;
+        while start < count {
+            // SAFETY: plain old data, filled in below.
+            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+            for (m, iov) in msgs.iter_mut().zip(&mut iovs[start..count]) {
+                m.msg_hdr.msg_iov = std::ptr::from_mut(iov);
+                m.msg_hdr.msg_iovlen = 1;
+            }
+            let n = count - start;
+            // SAFETY: the first `n` headers point at live iovecs over buffers of the stated
+            // lengths that outlive the call (the caller's frames or our tx buffers); the bound
+            // socket supplies the destination interface.
+            let ret = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    msgs.as_mut_ptr(),
+                    libc::c_uint::try_from(n).unwrap_or(BATCH_U32),
+                    0,
+                )
+            };
+            if ret < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    // A full device queue drops the rest of the batch, as a busy NIC would;
+                    // the link layer retransmits.
+                    io::ErrorKind::WouldBlock => break,
+                    // An interface that is down (or a full device queue) loses frames, as a
+                    // cable pulled out would; the link replays them once it is back.
+                    _ if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOBUFS | libc::ENETDOWN | libc::ENXIO | libc::ENODEV)
+                    ) =>
+                    {
+                        tracing::debug!(error = %e, "frames dropped by the interface");
+                        break;
+                    }
+                    _ => return Err(e),
+                }
+            }
+            start += usize::try_from(ret).unwrap_or(0).max(1);
+        }
+        Ok(())
+    }
+
     /// One `recvmmsg`: returns (frames read, frames delivered).
     fn recv_batch(&mut self, on_frame: &mut dyn FnMut(&[u8])) -> io::Result<(usize, usize)> {
         // SAFETY: these are plain old data arrays filled in below before use.
@@ -268,58 +317,50 @@ impl Transport for PacketSocket {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let mut start = 0;
-        while start < self.tx_count {
-            let count = self.tx_count - start;
-            // SAFETY: plain old data, filled in below.
-            let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-            // SAFETY: as above.
-            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-            for i in 0..count {
-                let j = start + i;
-                iovs[i] = libc::iovec {
-                    iov_base: self.tx[j].as_mut_ptr().cast(),
-                    iov_len: self.tx_len[j],
-                };
-                msgs[i].msg_hdr.msg_iov = &raw mut iovs[i];
-                msgs[i].msg_hdr.msg_iovlen = 1;
-            }
-            // SAFETY: the first `count` headers point at live iovecs over live buffers of the
-            // stated lengths; the bound socket supplies the destination interface.
-            let n = unsafe {
-                libc::sendmmsg(
-                    self.fd.as_raw_fd(),
-                    msgs.as_mut_ptr(),
-                    libc::c_uint::try_from(count).unwrap_or(BATCH_U32),
-                    0,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    // A full device queue drops the rest of the batch, as a busy NIC would;
-                    // the link layer retransmits.
-                    io::ErrorKind::WouldBlock => break,
-                    // An interface that is down (or a full device queue) loses frames, as a
-                    // cable pulled out would; the link replays them once it is back.
-                    _ if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ENOBUFS | libc::ENETDOWN | libc::ENXIO | libc::ENODEV)
-                    ) =>
-                    {
-                        tracing::debug!(error = %e, "frames dropped by the interface");
-                        break;
-                    }
-                    _ => {
-                        self.tx_count = 0;
-                        return Err(e);
-                    }
-                }
-            }
-            start += usize::try_from(n).unwrap_or(0).max(1);
-        }
+        let count = self.tx_count;
         self.tx_count = 0;
+        let mut iovs = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; BATCH];
+        for (iov, (buf, &len)) in iovs
+            .iter_mut()
+            .zip(self.tx.iter_mut().zip(&self.tx_len))
+            .take(count)
+        {
+            *iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: len,
+            };
+        }
+        self.send_iovecs(&mut iovs[..count])
+    }
+
+    fn send_batch(&mut self, frames: &[&[u8]]) -> io::Result<()> {
+        self.flush()?;
+        for chunk in frames.chunks(BATCH) {
+            if let Some(f) = chunk.iter().find(|f| f.len() > FRAME_BUF) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "frame of {} bytes larger than the transport's buffers",
+                        f.len()
+                    ),
+                ));
+            }
+            let mut iovs = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; BATCH];
+            for (iov, f) in iovs.iter_mut().zip(chunk) {
+                // sendmmsg only reads through iov_base; the pointer is mutable by type only.
+                *iov = libc::iovec {
+                    iov_base: f.as_ptr().cast_mut().cast(),
+                    iov_len: f.len(),
+                };
+            }
+            self.send_iovecs(&mut iovs[..chunk.len()])?;
+        }
         Ok(())
     }
 
