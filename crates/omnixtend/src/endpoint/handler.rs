@@ -278,15 +278,27 @@ impl MessageSource for Responder<'_> {
             }
             let (mem, order) = (self.mem, self.order);
             let len = 1usize << h.size.min(MAX_SIZE);
-            let pushed = frame.push(&repr, |p| match r {
-                Response::Ack(_) => {}
-                Response::Read { addr, .. } => {
-                    if let Some(src) = mem.slice(*addr, len) {
-                        to_wire(order, *addr, src, p);
-                    }
+            let raw_read = match r {
+                Response::Read { addr, .. } if order == LaneOrder::Raw && len >= FLIT => {
+                    mem.slice(*addr, len)
                 }
-                Response::Owned { addr, data, .. } => to_wire(order, *addr, &data[..len.min(8)], p),
-            });
+                _ => None,
+            };
+            let pushed = if let Some(src) = raw_read {
+                frame.push_data(&repr, src)
+            } else {
+                frame.push(&repr, |p| match r {
+                    Response::Ack(_) => {}
+                    Response::Read { addr, .. } => {
+                        if let Some(src) = mem.slice(*addr, len) {
+                            to_wire(order, *addr, src, p);
+                        }
+                    }
+                    Response::Owned { addr, data, .. } => {
+                        to_wire(order, *addr, &data[..len.min(8)], p);
+                    }
+                })
+            };
             if pushed.is_err() {
                 break;
             }

@@ -380,7 +380,11 @@ pub fn serve_with(
                 })
                 .min(Duration::from_millis(100))
         };
-        transport.recv(Some(wait), &mut |f| core.receive(Instant::now(), f))?;
+        // Frames handed over by one `recv` arrived together: one clock read serves them all.
+        let mut at = None;
+        transport.recv(Some(wait), &mut |f| {
+            core.receive(*at.get_or_insert_with(Instant::now), f);
+        })?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use super::{IoError, RequesterConfig};
 use crate::link::{Link, LinkStats, MessageSink, MessageSource, TxCredits};
 use crate::wire::data::{from_wire, group_mask, to_wire, wire_pos};
 use crate::wire::tilelink::{op_a, op_d};
-use crate::wire::{Channel, FrameBuilder, Message, MessageHeader, MessageRepr, FLIT};
+use crate::wire::{Channel, FrameBuilder, LaneOrder, Message, MessageHeader, MessageRepr, FLIT};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -466,6 +466,28 @@ impl Inner {
         }
     }
 
+    /// Adds transfer `slot`'s message to `frame`; full writes in raw lane order copy their
+    /// data straight from the request's buffer.
+    fn push(
+        &self,
+        frame: &mut FrameBuilder<'_>,
+        slot: usize,
+        repr: &MessageRepr,
+    ) -> crate::wire::Result<()> {
+        let s = &self.slots[slot];
+        let txn = s.txn;
+        if txn.kind == TxnKind::PutFull && self.cfg.lane_order == LaneOrder::Raw && txn.len >= FLIT
+        {
+            let data = self.ops[s.op]
+                .as_ref()
+                .and_then(|op| op.buf.get(txn.buf_off..txn.buf_off + txn.len));
+            if let Some(data) = data {
+                return frame.push_data(repr, data);
+            }
+        }
+        frame.push(repr, |p| self.payload(slot, p))
+    }
+
     fn check_response(&self, slot: usize, msg: &Message<'_>) -> Result<(), IoError> {
         let txn = self.slots[slot].txn;
         let h = msg.header;
@@ -495,7 +517,7 @@ impl MessageSource for Inner {
             if repr.flits() > frame.room() || !credits.try_take(Channel::A, repr.flits()) {
                 return;
             }
-            if frame.push(&repr, |p| self.payload(slot, p)).is_err() {
+            if self.push(frame, slot, &repr).is_err() {
                 return;
             }
             self.send_q.pop_front();

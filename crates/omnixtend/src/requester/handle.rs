@@ -3,7 +3,6 @@
 use super::core::{OpKind, RequesterCore, RequesterStats};
 use super::{IoError, RequesterConfig};
 use crate::transport::{Transport, Waker};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -193,8 +192,12 @@ impl Drop for Requester {
 struct Io {
     core: RequesterCore,
     transport: Box<dyn Transport>,
-    callbacks: HashMap<u64, Callback>,
-    next_token: u64,
+    /// Callbacks by token; a token is the index of its slot (a slab: no hashing and no
+    /// allocation per request once warm).
+    callbacks: Vec<Option<Callback>>,
+    free_tokens: Vec<u64>,
+    /// The submission list swapped out of `Shared::cmds` (its allocation is reused).
+    cmd_buf: Vec<Cmd>,
 }
 
 impl Io {
@@ -213,16 +216,19 @@ impl Io {
 
     fn complete(&mut self) {
         for c in self.core.drain_completions() {
-            if let Some(cb) = self.callbacks.remove(&c.token) {
+            let slot = usize::try_from(c.token).ok();
+            if let Some(cb) = slot.and_then(|i| self.callbacks.get_mut(i)?.take()) {
+                self.free_tokens.push(c.token);
                 cb(c.result);
             }
         }
     }
 
     fn take_cmds(&mut self, shared: &Shared) -> bool {
-        let cmds = std::mem::take(&mut *lock(&shared.cmds));
+        std::mem::swap(&mut *lock(&shared.cmds), &mut self.cmd_buf);
         let mut close = false;
-        for cmd in cmds {
+        let mut cmds = std::mem::take(&mut self.cmd_buf);
+        for cmd in cmds.drain(..) {
             match cmd {
                 Cmd::Submit {
                     kind,
@@ -230,14 +236,25 @@ impl Io {
                     buf,
                     done,
                 } => {
-                    let token = self.next_token;
-                    self.next_token += 1;
-                    self.callbacks.insert(token, done);
+                    let token = match self.free_tokens.pop() {
+                        Some(t) => t,
+                        None => {
+                            self.callbacks.push(None);
+                            self.callbacks.len() as u64 - 1
+                        }
+                    };
+                    if let Some(slot) = usize::try_from(token)
+                        .ok()
+                        .and_then(|i| self.callbacks.get_mut(i))
+                    {
+                        *slot = Some(done);
+                    }
                     self.core.submit(token, kind, offset, buf);
                 }
                 Cmd::Close => close = true,
             }
         }
+        self.cmd_buf = cmds;
         close
     }
 
@@ -254,9 +271,12 @@ impl Io {
             Duration::ZERO
         };
         let core = &mut self.core;
-        let r = self
-            .transport
-            .recv(Some(wait), &mut |f| core.receive(Instant::now(), f));
+        // Frames handed over by one `recv` arrived together: one clock read serves them all.
+        let mut at = None;
+        let r = self.transport.recv(Some(wait), &mut |f| {
+            let now = *at.get_or_insert_with(Instant::now);
+            core.receive(now, f);
+        });
         shared.sleeping.store(false, Ordering::SeqCst);
         r.map(|_| ())
     }
@@ -274,8 +294,9 @@ fn io_thread(
     let mut io = Io {
         core,
         transport,
-        callbacks: HashMap::new(),
-        next_token: 0,
+        callbacks: Vec::new(),
+        free_tokens: Vec::new(),
+        cmd_buf: Vec::new(),
     };
     let mut ready = Some(ready);
     let mut closing: Option<Instant> = None;
@@ -333,7 +354,7 @@ fn io_thread(
     if let Some(r) = ready.take() {
         let _ = r.send(Err(err.clone()));
     }
-    for (_, cb) in io.callbacks.drain() {
+    for cb in io.callbacks.drain(..).flatten() {
         cb(Err(err.clone()));
     }
     // Requests that raced with shutdown.

@@ -354,6 +354,27 @@ impl<'a> FrameBuilder<'a> {
         Ok(())
     }
 
+    /// Appends a message whose payload is `data` as is (raw lane order), zero-padded if
+    /// shorter: [`FrameBuilder::push`] without zero-filling what is then overwritten.
+    /// `Err(NoRoom)` leaves the frame unchanged.
+    pub fn push_data(&mut self, msg: &MessageRepr, data: &[u8]) -> Result<()> {
+        let flits = msg.flits();
+        if flits > self.room() {
+            return Err(WireError::NoRoom);
+        }
+        let at = self.buf.len();
+        let end = at + flits * FLIT;
+        let head = msg.header.layout()?.head_flits() * FLIT;
+        self.buf.resize(at + head, 0);
+        msg.emit_header(&mut self.buf[at..])?;
+        let n = data.len().min(end - at - head);
+        self.buf.extend_from_slice(&data[..n]);
+        self.buf.resize(end, 0);
+        self.mask |= 1u64 << self.flits;
+        self.flits += flits;
+        Ok(())
+    }
+
     /// Pads to at least `min_flits` flits after the header, appends the mask and returns the
     /// frame length.
     pub fn finish(self, min_flits: usize) -> usize {
@@ -421,6 +442,49 @@ mod tests {
             Frame::new_checked(&f[..]).unwrap_err(),
             WireError::EtherType(0x89aa)
         );
+    }
+
+    #[test]
+    fn push_data_matches_push() {
+        use crate::wire::tilelink::{op_a, op_d};
+        use crate::wire::{Channel, MacAddr, MessageHeader};
+        let eth = EthernetRepr {
+            dst: MacAddr::local(1),
+            src: MacAddr::local(2),
+            ethertype: ETHERTYPE_OMNIXTEND,
+        };
+        let h = TloeHeader::new(MessageType::Normal, Seq::new(7), Seq::new(3), true);
+        let data: Vec<u8> = (0..64u8).collect();
+        let msgs = [
+            MessageRepr {
+                header: MessageHeader::new(Channel::A, op_a::PUT_FULL, 6, 9),
+                address: 0x1000,
+                sink: 0,
+            },
+            MessageRepr {
+                header: MessageHeader::new(Channel::D, op_d::ACCESS_ACK_DATA, 6, 9),
+                address: 0,
+                sink: 0,
+            },
+        ];
+        for m in msgs {
+            for len in [64, 10] {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                let mut fa = FrameBuilder::new(&mut a, &eth, &h, 1514);
+                fa.push(&m, |p| p[..len].copy_from_slice(&data[..len]))
+                    .unwrap();
+                fa.finish(5);
+                let mut fb = FrameBuilder::new(&mut b, &eth, &h, 1514);
+                fb.push_data(&m, &data[..len]).unwrap();
+                fb.finish(5);
+                assert_eq!(a, b);
+            }
+        }
+        let mut c = Vec::new();
+        let mut fc = FrameBuilder::new(&mut c, &eth, &h, 100);
+        let before = fc.flits_used();
+        assert_eq!(fc.push_data(&msgs[0], &data), Err(WireError::NoRoom));
+        assert_eq!(fc.flits_used(), before);
     }
 
     #[test]
