@@ -267,7 +267,40 @@ async fn accept(l: &Listener) -> std::io::Result<Conn> {
             s.set_nodelay(true)?;
             Ok(Conn::Tcp(s, peer.to_string()))
         }
-        Listener::Unix(l, _) => Ok(Conn::Unix(l.accept().await?.0)),
+        Listener::Unix(l, _) => {
+            let s = l.accept().await?.0;
+            enlarge_send_buffer(&s);
+            Ok(Conn::Unix(s))
+        }
+    }
+}
+
+/// Bytes of reply data a Unix connection can queue in the kernel (the kernel doubles it for
+/// bookkeeping). The default, `net.core.wmem_default` (208 KiB), splits every 1 MiB READ
+/// reply into several `writev`s, each after a wake-up: with room for a few large replies the
+/// server sends each in one call and the client reads it without waiting.
+const UNIX_SEND_BUFFER: libc::c_int = 4 << 20;
+
+/// Raises a Unix socket's send buffer to [`UNIX_SEND_BUFFER`]: beyond `net.core.wmem_max`
+/// when privileged (`SO_SNDBUFFORCE`), else up to it. Best effort: the default still works.
+/// TCP is left alone, where the kernel sizes buffers itself.
+#[allow(clippy::cast_possible_truncation)] // size_of::<c_int>() is 4: fits any socklen_t.
+fn enlarge_send_buffer(s: &impl std::os::fd::AsRawFd) {
+    let set = |opt| {
+        // SAFETY: plain setsockopt on a valid socket fd with a c_int option value of the
+        // size passed.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                std::ptr::from_ref(&UNIX_SEND_BUFFER).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(libc::SO_SNDBUFFORCE) != 0 {
+        set(libc::SO_SNDBUF);
     }
 }
 
