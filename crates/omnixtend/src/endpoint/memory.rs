@@ -38,13 +38,20 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// Anonymous memory (zero-filled, pages allocated on first touch).
+    /// Anonymous memory (zero-filled, pages allocated on first touch). Transparent huge
+    /// pages are requested: a node serves random accesses over a large region, and 2 MiB pages
+    /// mean far fewer page faults on first touch and TLB misses afterwards (the kernel falls
+    /// back to 4 KiB pages when it has none, or when THP is disabled).
     pub fn anonymous(size: u64, base: u64) -> Result<Memory, MemoryError> {
         let len = usize::try_from(size).map_err(|_| MemoryError::TooLarge(size))?;
         let map = MmapOptions::new()
             .len(len)
             .map_anon()
             .map_err(|source| MemoryError::Map { size, source })?;
+        #[cfg(target_os = "linux")]
+        if let Err(e) = map.advise(memmap2::Advice::HugePage) {
+            tracing::debug!(error = %e, "transparent huge pages not available");
+        }
         Ok(Memory { map, base })
     }
 

@@ -132,6 +132,11 @@ pub struct Link {
     /// The ACK_only frame of the current transmit turn.
     ack_buf: Vec<u8>,
     replay_due: bool,
+    /// The due replay is a timeout's probe: only the oldest frame goes out again.
+    probe_only: bool,
+    /// A timeout probe is out: the first acknowledgement that makes progress replays what it
+    /// leaves unacknowledged (the tail that was lost).
+    recovering: bool,
     rto: Duration,
     /// The timeout after progress: smoothed RTT + 4 x RTT variation (RFC 6298), never below
     /// the configured timeout, so scheduling noise does not cause spurious Go-Back-N replays.
@@ -183,6 +188,8 @@ impl Link {
             pool: Vec::new(),
             ack_buf: Vec::new(),
             replay_due: false,
+            probe_only: false,
+            recovering: false,
             rto_deadline: None,
             last_progress: now,
             last_nak: None,
@@ -465,11 +472,18 @@ impl Link {
             self.last_progress = now;
             self.rto = self.base_rto;
             self.rto_deadline = (!self.replay.is_empty()).then(|| now + self.rto);
+            if std::mem::take(&mut self.recovering) && !self.replay.is_empty() {
+                // The probe got through but frames after it are still unacknowledged: they
+                // were lost with no later frame to reveal the gap. Replay them.
+                self.replay_due = true;
+                self.probe_only = false;
+            }
         }
         if !ack && !self.replay.is_empty() && !self.nak_held_off(now, seq_ack) {
             self.stats.naks_received += 1;
             self.last_nak = Some((seq_ack, now));
             self.replay_due = true;
+            self.probe_only = false;
         }
         substantive
     }
@@ -534,10 +548,11 @@ impl Link {
         }
         self.check_timer(now);
         let mut sent = 0;
-        let mut first = self.replay.len();
+        let old = self.replay.len();
+        let mut replayed = 0;
         if self.replay_due {
-            sent += self.replay_all(now);
-            first = 0;
+            replayed = self.replay_all(now);
+            sent += replayed;
         }
         while sent < budget && self.replay.len() < self.cfg.window {
             let Some(frame) = self.next_frame(now, src) else {
@@ -556,7 +571,8 @@ impl Link {
         }
         if sent > 0 {
             let mut frames: Vec<&[u8]> = Vec::with_capacity(sent);
-            frames.extend(self.replay.range(first..).map(|f| &f.buf[..]));
+            frames.extend(self.replay.range(..replayed).map(|f| &f.buf[..]));
+            frames.extend(self.replay.range(old..).map(|f| &f.buf[..]));
             if ack_only {
                 frames.push(&self.ack_buf);
             }
@@ -568,17 +584,31 @@ impl Link {
     fn check_timer(&mut self, now: Instant) {
         if matches!(self.rto_deadline, Some(d) if d <= now) && !self.replay.is_empty() {
             self.stats.timeouts += 1;
+            // Like TCP's retransmission timeout, send only the oldest frame: if the frames
+            // arrived and only their acknowledgement is late (a peer kept off the CPU), the
+            // duplicate draws an immediate ACK and nothing else is resent; a Go-Back-N replay
+            // of the whole window here turns scheduling noise into a replay storm. (With the
+            // C driver's peers, which acknowledge loosely, everything is replayed as before.)
             self.replay_due = true;
+            let probe = !self.cfg.compat.tolerant_receive;
+            self.probe_only = probe;
+            self.recovering = probe;
             self.rto = (self.rto * 2).min(self.cfg.max_retransmit_timeout);
         }
     }
 
-    /// Marks every frame of the replay buffer for sending again (with a fresh ACK field).
+    /// Marks the frames of the replay buffer for sending again (with a fresh ACK field): all
+    /// of them, or only the oldest for a timeout's probe. Returns how many.
     fn replay_all(&mut self, now: Instant) -> usize {
         self.replay_due = false;
+        let limit = if std::mem::take(&mut self.probe_only) {
+            1
+        } else {
+            usize::MAX
+        };
         let (seq_ack, ack) = self.ack_fields();
         let mut n = 0;
-        for f in &mut self.replay {
+        for f in self.replay.iter_mut().take(limit) {
             f.replayed = true;
             patch_ack(&mut f.buf, seq_ack, ack);
             n += 1;

@@ -202,13 +202,42 @@ fn the_retransmission_timer_replays_when_everything_is_lost() {
     p.now += Duration::from_millis(5);
     assert!(p.tx_a().is_empty(), "not before the timeout");
     p.now += Duration::from_millis(6);
-    let replay = p.tx_a();
-    assert_eq!(replay.len(), 2);
+    // The timeout sends the oldest frame only (the Open)...
+    let probe = p.tx_a();
+    assert_eq!(probe.len(), 1);
     assert_eq!(p.a.stats().timeouts, 1);
-    p.rx_b(&replay);
+    p.rx_b(&probe);
+    assert!(p.rb.0.is_empty());
+    // ...and its acknowledgement, which leaves the Put unacknowledged, replays the rest.
+    p.now += Duration::from_millis(1);
+    let ack = p.tx_b();
+    p.rx_a(&ack);
+    let rest = p.tx_a();
+    assert_eq!(rest.len(), 1);
+    p.rx_b(&rest);
     assert_eq!(p.rb.0, vec![9]);
     p.settle();
     assert_eq!(p.a.in_flight(), 0);
+    assert_eq!(p.a.stats().timeouts, 1);
+}
+
+#[test]
+fn a_timeout_with_only_the_acks_late_replays_one_frame() {
+    let mut p = Pair::new(1 << 16);
+    for i in 0..8 {
+        p.qa.0.push_back(put(i));
+    }
+    let frames = p.tx_a();
+    assert!(frames.len() >= 2);
+    p.rx_b(&frames); // arrived, but B is kept off the CPU and does not answer in time
+    p.now += Duration::from_millis(11);
+    let probe = p.tx_a();
+    assert_eq!(probe.len(), 1, "only the oldest frame is resent");
+    p.rx_b(&probe); // a duplicate: B acknowledges everything at once
+    p.settle();
+    assert_eq!(p.a.in_flight(), 0);
+    assert_eq!(p.a.stats().frames_replayed, 1);
+    assert_eq!(p.rb.0, (0..8).collect::<Vec<_>>());
 }
 
 #[test]

@@ -280,6 +280,40 @@ impl PacketSocket {
     }
 }
 
+impl PacketSocket {
+    /// Frames the kernel dropped because this socket's receive buffer was full, since the
+    /// last call (the kernel resets the counter when read).
+    pub fn take_drops(&self) -> io::Result<u64> {
+        // SAFETY: tpacket_stats is plain old data; all-zero is valid.
+        let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
+        let mut len = libc::socklen_t::try_from(size_of::<libc::tpacket_stats>()).unwrap_or(8);
+        // SAFETY: passes a live tpacket_stats and its exact size for the kernel to fill.
+        check(unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&raw mut st).cast(),
+                &raw mut len,
+            )
+        })?;
+        Ok(u64::from(st.tp_drops))
+    }
+}
+
+impl Drop for PacketSocket {
+    fn drop(&mut self) {
+        if let Ok(n) = self.take_drops() {
+            if n > 0 {
+                tracing::info!(
+                    frames = n,
+                    "the kernel dropped received frames: the socket's receive buffer was full"
+                );
+            }
+        }
+    }
+}
+
 /// Reads the MAC address and MTU of `ifname`.
 fn interface_info(fd: &OwnedFd, ifname: &str) -> io::Result<(MacAddr, usize)> {
     let mut req = ifreq(ifname)?;

@@ -108,6 +108,13 @@ fn log_stats(s: &EndpointStats) {
         frames_in = s.link.frames_accepted,
         frames_out = s.link.frames_sent,
         replayed = s.link.frames_replayed,
+        ack_only_out = s.link.ack_only_sent,
+        naks_in = s.link.naks_received,
+        naks_out = s.link.naks_sent,
+        duplicates_in = s.link.duplicates,
+        out_of_order_in = s.link.out_of_order,
+        deferred = s.link.deferred,
+        timeouts = s.link.timeouts,
         dropped = s.dropped,
         "memory node"
     );

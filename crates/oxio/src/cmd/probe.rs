@@ -441,7 +441,11 @@ fn log_stats(s: &RequesterStats) {
         frames_out = s.link.frames_sent,
         frames_in = s.link.frames_accepted,
         replayed = s.link.frames_replayed,
+        ack_only_out = s.link.ack_only_sent,
         naks_in = s.link.naks_received,
+        naks_out = s.link.naks_sent,
+        duplicates_in = s.link.duplicates,
+        out_of_order_in = s.link.out_of_order,
         timeouts = s.link.timeouts,
         "requester"
     );
