@@ -42,6 +42,7 @@
 //! running ahead, an unterminated packed chain) is a [`QueueError`].
 
 mod chain;
+pub mod inflight;
 mod notify;
 mod packed;
 pub(crate) mod raw;
@@ -53,6 +54,7 @@ pub use chain::{
     ChainError, DescriptorChain, OwnedDescriptorChain, Segment, DESC_F_INDIRECT, DESC_F_NEXT,
     DESC_F_WRITE, MAX_INDIRECT_DESCRIPTORS,
 };
+pub use inflight::{InflightError, InflightRecovery, InflightRegion};
 pub use notify::NotificationData;
 pub use packed::{
     DESC_F_AVAIL, DESC_F_USED, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE,
@@ -67,6 +69,7 @@ use std::collections::VecDeque;
 
 use crate::memory::GuestMemory;
 use chain::ChainBuilder;
+use inflight::Inflight;
 use packed::PackedRing;
 use split::SplitRing;
 
@@ -232,6 +235,8 @@ pub struct Queue {
     /// `stats.used` at the last publish.
     used_at_publish: u64,
     stats: QueueStats,
+    /// vhost-user inflight log, if the transport set one ([`Queue::set_inflight`]).
+    inflight: Option<Box<Inflight>>,
 }
 
 impl Queue {
@@ -255,6 +260,7 @@ impl Queue {
             history_known: true,
             used_at_publish: 0,
             stats: QueueStats::default(),
+            inflight: None,
         }
     }
 
@@ -359,7 +365,7 @@ impl Queue {
             self.in_order.done = vec![0; 1 << 16];
         }
         for (id, len) in std::mem::take(&mut self.early_used) {
-            self.write_used(id, len);
+            self.write_used_unlogged(id, len); // logged when they were added
         }
         Ok(())
     }
@@ -440,25 +446,100 @@ impl Queue {
         mem: &GuestMemory,
         b: &mut ChainBuilder<'_, '_>,
     ) -> Result<Option<Walked>, QueueError> {
+        if self.inflight.is_some() {
+            return self.walk_next_logged(mem, b);
+        }
         let walked = match self.ring(mem)? {
             Ring::Split(r) => r.pop(b),
             Ring::Packed(r) => r.pop(b),
         }?;
         self.hint = b.hint;
         if let Some((id, _)) = walked {
-            self.stats.popped += 1;
-            if self.features.in_order {
-                self.in_order.popped.push_back(id);
-            }
+            self.count_popped(id);
         }
         Ok(walked)
+    }
+
+    #[inline]
+    fn count_popped(&mut self, id: u16) {
+        self.stats.popped += 1;
+        if self.features.in_order {
+            self.in_order.popped.push_back(id);
+        }
+    }
+
+    /// [`walk_next`](Self::walk_next) with an inflight log: resubmitted chains first, then
+    /// the ring, logging each pop.
+    #[cold]
+    fn walk_next_logged(
+        &mut self,
+        mem: &GuestMemory,
+        b: &mut ChainBuilder<'_, '_>,
+    ) -> Result<Option<Walked>, QueueError> {
+        let Some(mut log) = self.inflight.take() else {
+            return Ok(None);
+        };
+        let walked = self.walk_logged(mem, b, &mut log);
+        self.inflight = Some(log);
+        let walked = walked?;
+        self.hint = b.hint;
+        if let Some((id, _)) = walked {
+            self.count_popped(id);
+        }
+        Ok(walked)
+    }
+
+    fn walk_logged(
+        &mut self,
+        mem: &GuestMemory,
+        b: &mut ChainBuilder<'_, '_>,
+        log: &mut Inflight,
+    ) -> Result<Option<Walked>, QueueError> {
+        let ring = self.ring(mem)?;
+        if let Some(h) = log.resubmit.pop_front() {
+            return Ok(Some(match ring {
+                Ring::Split(r) => (h, r.walk(b, h)),
+                Ring::Packed(r) => {
+                    let mut descs = log.scratch();
+                    let walked = match log.packed_chain(h, &mut descs) {
+                        Some(id) => {
+                            log.packed_resubmitted(id, h);
+                            (id, r.resubmit(b, id, &descs))
+                        }
+                        // Checked at recovery; only a concurrent writer could get here.
+                        None => return Err(QueueError::InvalidState),
+                    };
+                    log.give_scratch(descs);
+                    walked
+                }
+            }));
+        }
+        match ring {
+            Ring::Split(r) => {
+                let walked = r.pop(b)?;
+                if let Some((head, _)) = walked {
+                    log.split_popped(head);
+                }
+                Ok(walked)
+            }
+            Ring::Packed(r) => {
+                let start = r.next_avail();
+                let walked = r.pop(b)?;
+                if let Some((id, _)) = walked {
+                    let mut descs = log.scratch();
+                    r.popped_descriptors(start, id, &mut descs);
+                    log.packed_popped(id, descs);
+                }
+                Ok(walked)
+            }
+        }
     }
 
     /// Records that the chain `id` is done and `len` bytes were written into it. The element
     /// is written now but only published by [`publish_used`](Self::publish_used).
     #[inline]
     pub fn add_used(&mut self, id: u16, len: u32) {
-        if !self.features.in_order {
+        if !self.features.in_order && self.inflight.is_none() {
             if let Some(Ring::Split(r)) = &mut self.ring {
                 self.stats.used += 1;
                 r.add_used(id, len);
@@ -478,6 +559,14 @@ impl Queue {
 
     #[inline]
     fn write_used(&mut self, id: u16, len: u32) {
+        if let Some(log) = &mut self.inflight {
+            log.used(id);
+        }
+        self.write_used_unlogged(id, len);
+    }
+
+    #[inline]
+    fn write_used_unlogged(&mut self, id: u16, len: u32) {
         self.stats.used += 1;
         match &mut self.ring {
             Some(Ring::Split(r)) => r.add_used(id, len),
@@ -514,6 +603,9 @@ impl Queue {
             return false; // nothing new: no store, no interrupt
         }
         self.used_at_publish = self.stats.used;
+        if self.inflight.is_some() {
+            return self.publish_used_logged();
+        }
         let notify = match &mut self.ring {
             Some(Ring::Split(r)) => r.publish(),
             Some(Ring::Packed(r)) => r.publish(),
@@ -524,6 +616,71 @@ impl Queue {
             self.stats.interrupts += 1;
         }
         notify
+    }
+
+    /// [`publish_used`](Self::publish_used) with an inflight log around the ring's publish.
+    #[cold]
+    fn publish_used_logged(&mut self) -> bool {
+        let (Some(log), Some(ring)) = (&mut self.inflight, &mut self.ring) else {
+            return false;
+        };
+        let used = match ring {
+            Ring::Split(r) => (r.next_used(), true),
+            Ring::Packed(r) => r.next_used(),
+        };
+        log.before_publish(used);
+        #[cfg(test)]
+        if inflight::crash::dead() {
+            return false; // the simulated process died before the ring store
+        }
+        let notify = match ring {
+            Ring::Split(r) => r.publish(),
+            Ring::Packed(r) => r.publish(),
+        };
+        log.after_publish(used);
+        self.stats.published += 1;
+        if notify {
+            self.stats.interrupts += 1;
+        }
+        notify
+    }
+
+    /// Attaches a vhost-user inflight region (`INFLIGHT_SHMFD`) and recovers what a previous
+    /// backend left in it: the rings resume where that backend really stopped, and the
+    /// requests it popped but never completed are popped again, in their original order,
+    /// before anything new. Call after the size, addresses, features and base are set and
+    /// before the first pop. See [`inflight`].
+    pub fn set_inflight(
+        &mut self,
+        region: InflightRegion,
+        mem: &GuestMemory,
+    ) -> Result<InflightRecovery, InflightError> {
+        let start = (
+            (self.start.next_avail, self.start.avail_wrap),
+            (self.start.next_used, self.start.used_wrap),
+        );
+        let (log, rec) = Inflight::attach(
+            region,
+            mem,
+            &self.addrs,
+            self.size,
+            self.features.packed,
+            start,
+        )?;
+        if !rec.fresh {
+            if self.features.packed {
+                self.set_packed_base(rec.next_avail, rec.next_used);
+            } else {
+                self.set_next_avail(rec.next_avail.0, rec.next_used.0);
+            }
+        }
+        self.inflight = Some(Box::new(log));
+        Ok(rec)
+    }
+
+    /// Chains still to be resubmitted from the inflight log.
+    pub fn inflight_resubmit_pending(&self) -> usize {
+        self.inflight.as_ref().map_or(0, |l| l.resubmit.len())
     }
 
     /// Asks the driver not to notify us (we are busy polling the ring).

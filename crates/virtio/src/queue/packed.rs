@@ -178,6 +178,42 @@ impl PackedRing {
         Ok(())
     }
 
+    /// The ring descriptors of the chain with buffer `id` just popped from `start` (for the
+    /// inflight log; the driver leaves them alone until the chain is used).
+    pub(crate) fn popped_descriptors(
+        &self,
+        start: (u16, bool),
+        id: u16,
+        out: &mut Vec<RawDescriptor>,
+    ) {
+        out.clear();
+        let slots = self.slots_by_id.get(usize::from(id)).copied().unwrap_or(1);
+        let (mut idx, mut wrap) = start;
+        for _ in 0..slots.max(1) {
+            if let Some(d) = self.ring.packed_desc(usize::from(idx)) {
+                out.push(d);
+            }
+            self.advance(&mut idx, &mut wrap, 1);
+        }
+    }
+
+    /// Walks a chain logged before a restart (its ring descriptors, from the inflight log)
+    /// into `b`; its completion will move the used position by as many slots.
+    pub(crate) fn resubmit(
+        &mut self,
+        b: &mut ChainBuilder<'_, '_>,
+        id: u16,
+        descs: &[RawDescriptor],
+    ) -> Result<(), ChainError> {
+        if let Some(s) = self.slots_by_id.get_mut(usize::from(id)) {
+            *s = u16::try_from(descs.len()).unwrap_or(u16::MAX);
+        }
+        for d in descs {
+            self.add_desc(b, d)?;
+        }
+        Ok(())
+    }
+
     /// Writes a used descriptor; its flags wait for `publish` if it opens the batch.
     #[inline]
     pub(crate) fn add_used(&mut self, id: u16, len: u32) {

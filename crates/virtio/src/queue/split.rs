@@ -122,7 +122,7 @@ impl SplitRing {
     }
 
     #[inline]
-    fn walk(&self, b: &mut ChainBuilder<'_, '_>, head: u16) -> Result<(), ChainError> {
+    pub(crate) fn walk(&self, b: &mut ChainBuilder<'_, '_>, head: u16) -> Result<(), ChainError> {
         if head >= self.size {
             return Err(ChainError::HeadOutOfRange(head));
         }
