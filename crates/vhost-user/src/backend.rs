@@ -22,6 +22,7 @@ use oxio_virtio::{GuestMemory, Queue, RingAddresses, RingFeatures, VirtioDevice}
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::inflight::{InflightFile, InflightFileError};
 use crate::interrupt::CallFds;
 use crate::memory::{MemoryTable, MemoryTableError};
 
@@ -75,6 +76,9 @@ pub enum BackendError {
     /// An fd operation failed.
     #[error("File descriptor operation failed")]
     Io(#[from] std::io::Error),
+    /// The inflight region could not be created or mapped.
+    #[error(transparent)]
+    Inflight(#[from] InflightFileError),
 }
 
 impl From<BackendError> for vhost::vhost_user::Error {
@@ -163,6 +167,10 @@ pub struct Backend<D: VirtioDevice> {
     running: Vec<u16>,
     running_mem: Option<GuestMemory>,
     starts: u64,
+    /// The `INFLIGHT_SHMFD` region the frontend set, if any.
+    inflight: Option<InflightFile>,
+    /// Requests resubmitted from the inflight region since the daemon started.
+    resubmitted: std::cell::Cell<u64>,
 }
 
 impl<D: VirtioDevice> Backend<D> {
@@ -182,6 +190,8 @@ impl<D: VirtioDevice> Backend<D> {
             running: Vec::new(),
             running_mem: None,
             starts: 0,
+            inflight: None,
+            resubmitted: std::cell::Cell::new(0),
         })
     }
 
@@ -198,6 +208,38 @@ impl<D: VirtioDevice> Backend<D> {
     /// How many times the device was activated.
     pub fn device_starts(&self) -> u64 {
         self.starts
+    }
+
+    /// Requests resubmitted from the inflight region (left in flight by a previous daemon).
+    pub fn resubmitted(&self) -> u64 {
+        self.resubmitted.get()
+    }
+
+    /// `GET_INFLIGHT_FD`: a new zeroed region for `num_queues` queues of `queue_size`
+    /// entries; returns the file and its size.
+    pub fn get_inflight_fd(
+        &mut self,
+        num_queues: u16,
+        queue_size: u16,
+    ) -> Result<(File, u64), BackendError> {
+        Ok(crate::inflight::create(num_queues, queue_size)?)
+    }
+
+    /// `SET_INFLIGHT_FD`: maps the region; queues log into it from their next start, and
+    /// recover from it what a previous daemon left in flight.
+    pub fn set_inflight_fd(
+        &mut self,
+        file: &File,
+        mmap_size: u64,
+        mmap_offset: u64,
+        num_queues: u16,
+        queue_size: u16,
+    ) -> Result<(), BackendError> {
+        let map = InflightFile::map(file, mmap_size, mmap_offset, num_queues, queue_size)?;
+        self.stop();
+        self.inflight = Some(map);
+        self.refresh();
+        Ok(())
     }
 
     /// Virtio features offered to the frontend.
@@ -343,6 +385,8 @@ impl<D: VirtioDevice> Backend<D> {
         self.stop();
         self.device.reset();
         self.acked = 0;
+        // A reset device starts its rings from scratch: the frontend sends a fresh region.
+        self.inflight = None;
         self.vrings.iter_mut().for_each(|v| *v = Vring::default());
         self.calls.clear();
     }
@@ -445,6 +489,7 @@ impl<D: VirtioDevice> Backend<D> {
             let used = read_used_idx(mem, addrs.device).unwrap_or(avail);
             queue.set_next_avail(avail, used);
         }
+        self.attach_inflight(&mut queue, mem, index);
         queue
             .activate(mem)
             .map_err(|e| std::io::Error::other(format!("vring {index}: {e}")))?;
@@ -454,6 +499,38 @@ impl<D: VirtioDevice> Backend<D> {
             .ok_or(BackendError::NoKickFd(0))?
             .try_clone()?;
         Ok(ActiveQueue { index, queue, kick })
+    }
+
+    /// Hands the queue its slice of the inflight region: the rings then resume where the
+    /// last backend really stopped (split: the used index in guest memory plus what is in
+    /// flight; packed: the logged used position), ignoring a base that QEMU could only guess
+    /// after a crash, and the requests left in flight are served first.
+    fn attach_inflight(&self, queue: &mut Queue, mem: &GuestMemory, index: u16) {
+        let Some(file) = &self.inflight else { return };
+        let Some(region) = file.region(index) else {
+            tracing::warn!(index, "the inflight region has no slice for this vring");
+            return;
+        };
+        match queue.set_inflight(region, mem) {
+            Ok(rec) if !rec.resubmit.is_empty() => {
+                let n = rec.resubmit.len() as u64; // usize to u64 never truncates
+                self.resubmitted.set(self.resubmitted.get() + n);
+                tracing::info!(
+                    index,
+                    resubmit = rec.resubmit.len(),
+                    overtaken = rec.overtaken,
+                    next_avail = ?rec.next_avail,
+                    next_used = ?rec.next_used,
+                    "resubmitting requests left in flight by the previous backend"
+                );
+            }
+            Ok(rec) => tracing::debug!(index, fresh = rec.fresh, "inflight log attached"),
+            Err(e) => tracing::warn!(
+                index,
+                error = %e,
+                "cannot use the inflight region: a restart will not resubmit this vring's requests"
+            ),
+        }
     }
 
     /// Stops a running device and records where each queue stopped.

@@ -13,6 +13,8 @@
 //!   stops the device, keeps each queue's indices, and starts it again.
 //! - [`interrupt::CallFds`]: call eventfds the frontend may swap while the device runs (QEMU
 //!   does when the guest masks an MSI-X vector).
+//! - [`inflight::InflightFile`]: the `INFLIGHT_SHMFD` region (one log slice per queue) that
+//!   lets a restarted daemon resubmit the requests its predecessor never completed.
 //! - [`daemon::Daemon`]: the listening socket, one frontend at a time, reconnection, and a
 //!   graceful [`daemon::Shutdown`].
 
@@ -20,6 +22,7 @@
 
 pub mod backend;
 pub mod daemon;
+pub mod inflight;
 pub mod interrupt;
 pub mod memory;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use std::time::Duration;
 
-use oxio_block::file::FileOptions;
+use oxio_block::file::{Engine, FileOptions};
 use oxio_block::omnixtend::OmnixtendBackend;
 use oxio_block::{parse_size, BlockBackend, BlockingQueue, SharedBackend};
 use oxio_omnixtend::requester::{Requester, RequesterConfig};
@@ -35,13 +35,16 @@ pub enum VhostUserCommand {
     long_about = "Serves a virtio-blk disk to a VMM over a vhost-user Unix socket. The \
 daemon listens before the VMM starts, serves one VMM connection at a time, and when the VMM \
 disconnects (guest shut down, VMM restarted) it stops the device and waits for the next one, \
-so QEMU's `reconnect-ms` chardev option works.\n\n\
+so QEMU's `reconnect-ms` chardev option works. Requests in flight are logged in the shared \
+inflight region QEMU keeps for the device (vhost-user INFLIGHT_SHMFD), so a daemon restarted \
+after a crash (even SIGKILL) serves the requests the old one never completed, in their \
+original order, before anything new.\n\n\
 QEMU needs shared guest RAM:\n  qemu-system-x86_64 -m 512M \\\n    \
 -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem \\\n    \
 -chardev socket,id=vu,path=SOCKET[,reconnect-ms=1000] \\\n    \
 -device vhost-user-blk-pci,chardev=vu,num-queues=N ...\n\n\
 Backends (--backend):\n  memory:SIZE   sparse RAM disk, e.g. memory:1G\n  \
-file:PATH     regular file or block device (io_uring; --direct for O_DIRECT)\n  \
+file:PATH     regular file or block device (io_uring; --direct for O_DIRECT, --engine)\n  \
 omnixtend:MAC@IFACE | omnixtend:MAC@udp:HOST:PORT\n                \
 OmniXtend remote memory of the node MAC, over raw Ethernet on IFACE (root) or TLoE in UDP; \
 needs --size (and --base if the disk does not start at bus address 0)\n\n\
@@ -81,9 +84,34 @@ pub struct BlkArgs {
     /// Open file backends with O_DIRECT (bypass the host page cache).
     #[arg(long)]
     pub direct: bool,
+    /// I/O engine of a file backend: io_uring when available (auto), io_uring only, or a
+    /// few blocking threads per queue (which complete requests out of order).
+    #[arg(long, value_enum, default_value_t = FileEngine::Auto)]
+    pub engine: FileEngine,
     /// Serial number the guest reads (GET_ID; at most 20 bytes are sent).
     #[arg(long, default_value = "oxio")]
     pub serial: String,
+}
+
+/// `--engine`: how a file backend does its I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FileEngine {
+    /// io_uring when the kernel allows it, else threads.
+    Auto,
+    /// io_uring only.
+    IoUring,
+    /// Blocking system calls on a few threads per queue.
+    Threads,
+}
+
+impl From<FileEngine> for Engine {
+    fn from(e: FileEngine) -> Self {
+        match e {
+            FileEngine::Auto => Engine::Auto,
+            FileEngine::IoUring => Engine::IoUring,
+            FileEngine::Threads => Engine::ThreadPool,
+        }
+    }
 }
 
 /// Runs the command.
@@ -100,7 +128,7 @@ fn blk(args: BlkArgs) -> Result<(), CmdError> {
     let options = FileOptions {
         read_only: args.read_only,
         direct: args.direct,
-        ..FileOptions::default()
+        engine: args.engine.into(),
     };
     let (backend, requester) = if args.backend.starts_with("omnixtend:") {
         let (backend, requester) = open_omnixtend(&args)?;

@@ -20,7 +20,8 @@ use crate::memory::{MemoryTable, RegionInfo};
 pub const PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
     .union(VhostUserProtocolFeatures::CONFIG)
     .union(VhostUserProtocolFeatures::RESET_DEVICE)
-    .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+    .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+    .union(VhostUserProtocolFeatures::INFLIGHT_SHMFD);
 
 /// Memory slots offered with CONFIGURE_MEM_SLOTS (regions added one by one: memory hotplug,
 /// and more than the 8 regions `SET_MEM_TABLE` can carry).
@@ -190,13 +191,24 @@ impl<D: VirtioDevice> VhostUserBackendReqHandlerMut for Backend<D> {
 
     fn get_inflight_fd(
         &mut self,
-        _inflight: &VhostUserInflight,
+        inflight: &VhostUserInflight,
     ) -> Result<(VhostUserInflight, File)> {
-        unsupported("GET_INFLIGHT_FD")
+        let (num_queues, queue_size) = (inflight.num_queues, inflight.queue_size);
+        tracing::debug!(num_queues, queue_size, "GET_INFLIGHT_FD");
+        let (file, size) = Backend::get_inflight_fd(self, num_queues, queue_size)?;
+        Ok((
+            VhostUserInflight::new(size, 0, num_queues, queue_size),
+            file,
+        ))
     }
 
-    fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> Result<()> {
-        unsupported("SET_INFLIGHT_FD")
+    fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> Result<()> {
+        let (size, offset) = (inflight.mmap_size, inflight.mmap_offset);
+        let (num_queues, queue_size) = (inflight.num_queues, inflight.queue_size);
+        tracing::debug!(size, offset, num_queues, queue_size, "SET_INFLIGHT_FD");
+        Ok(Backend::set_inflight_fd(
+            self, &file, size, offset, num_queues, queue_size,
+        )?)
     }
 
     fn get_max_mem_slots(&mut self) -> Result<u64> {
