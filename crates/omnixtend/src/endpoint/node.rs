@@ -23,7 +23,10 @@ pub struct EndpointConfig {
     pub mtu: usize,
     /// Padding minimum in flits (5 = 70-byte frames like the C driver's peers).
     pub min_flits: usize,
-    /// Channel A credits granted to each peer (flits).
+    /// Channel A credits granted to each peer (flits). The default, 2^20 flits (8 MiB), lets
+    /// a requester keep 1000 PutFullData of 8 KiB in flight: requests are executed on arrival,
+    /// and credits come back one power of two per frame, so a window of only a few dozen
+    /// large Puts starves the requester once AccessAcks are coalesced into few frames.
     pub rx_window: u64,
     /// Most peers served at once.
     pub max_peers: usize,
@@ -47,7 +50,7 @@ impl EndpointConfig {
             compat: Compat::SPEC,
             mtu: 1500,
             min_flits: 5,
-            rx_window: 1 << 16,
+            rx_window: 1 << 20,
             max_peers: 64,
             reopen_guard: Duration::from_millis(250),
             idle_timeout: Duration::from_secs(600),

@@ -593,6 +593,14 @@ impl Link {
             let probe = !self.cfg.compat.tolerant_receive;
             self.probe_only = probe;
             self.recovering = probe;
+            tracing::debug!(
+                peer = %self.cfg.peer,
+                unacked = self.replay.len(),
+                oldest = self.replay.front().map_or(0, |f| f.seq.get()),
+                late_by_us = now.saturating_duration_since(self.last_progress).as_micros(),
+                rto_ms = self.rto.as_millis(),
+                "retransmission timeout"
+            );
             self.rto = (self.rto * 2).min(self.cfg.max_retransmit_timeout);
         }
     }
