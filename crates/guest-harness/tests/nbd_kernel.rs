@@ -91,6 +91,50 @@ fn oxmem_nbd_restarted_after_kill_takes_over_its_netlink_device() {
 }
 
 #[test]
+fn oxmem_nbd_replaces_a_connection_the_kernel_declared_dead() {
+    // SIGSTOP holds the server past the kernel's 3 s request timeout: the kernel shuts the
+    // socket down ("Connection timed out") and holds I/O for up to --dead-conn-timeout. After
+    // SIGCONT the serving thread sees the dead socket and ends; oxmem-nbd's monitor hands
+    // the kernel a fresh socketpair with RECONFIGURE, and the held writes complete.
+    let script = start(
+        "--backend memory --attach netlink --size 64M --device /dev/nbd0 --timeout 3 \
+         --dead-conn-timeout 60",
+        &["nbd0"],
+    ) + "mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 /dev/nbd0
+         mount -t ext4 /dev/nbd0 /mnt
+         dd if=/dev/urandom of=/mnt/before bs=1M count=4 2>/dev/null
+         sync
+         md5sum /mnt/before > /tmp/before.md5
+         dd if=/dev/urandom of=/tmp/during bs=1M count=4 2>/dev/null
+         timeouts=$(dmesg | grep -c 'nbd0: Connection timed out' || true)
+         kill -STOP $OXMEM
+         cp /tmp/during /mnt/during
+         sync &
+         SYNC=$!
+         i=0; until [ \"$(dmesg | grep -c 'nbd0: Connection timed out')\" -gt \"$timeouts\" ]; do
+             i=$((i + 1)); [ $i -lt 300 ]; sleep 0.1
+         done
+         kill -CONT $OXMEM
+         i=0; until grep -q 'nbd0 reconnected 1 dead connection' /tmp/oxmem.log; do
+             i=$((i + 1)); [ $i -lt 300 ]; sleep 0.1
+         done
+         wait $SYNC
+         oxmem-nbd --status | grep -qx 'nbd0 connected'
+         umount /mnt
+         echo 3 > /proc/sys/vm/drop_caches
+         mount -t ext4 /dev/nbd0 /mnt
+         md5sum -c /tmp/before.md5
+         cmp /tmp/during /mnt/during
+         umount /mnt
+         e2fsck -fn /dev/nbd0
+         stop_oxmem
+";
+    let outcome = guest("nbd-oxmem-revive").script(&script).run().unwrap();
+    outcome.expect_pass().unwrap();
+    eprintln!("revive guest: {:.1} s", outcome.elapsed.as_secs_f64());
+}
+
+#[test]
 fn sigterm_while_the_guest_writes_keeps_every_acknowledged_write() {
     // The writer prints `written END` after each O_DIRECT write the device acknowledged.
     // ioctl attach with two sockets (NBD_SET_SOCK twice): writes spread over both connections.

@@ -13,7 +13,19 @@ use super::{DeviceConfig, KernelError};
 
 /// Serves one connection's transmission phase until NBD_CMD_DISC or EOF: `(connection
 /// number, server end of the socketpair)`. The kernel speaks simple replies only.
-pub type ServeFn = Arc<dyn Fn(usize, UnixStream) -> Result<(), String> + Send + Sync>;
+pub type ServeFn = Arc<dyn Fn(usize, UnixStream) -> Result<Ended, String> + Send + Sync>;
+
+/// How a connection's transmission phase ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The kernel sent NBD_CMD_DISC: the device is being disconnected.
+    Disconnected,
+    /// The socket closed without NBD_CMD_DISC: the kernel gave up on the connection (a
+    /// request timed out) or the server was told to stop.
+    Lost,
+}
+
+type ServeResult = Result<Ended, String>;
 
 /// Which control plane attaches the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,13 +64,40 @@ enum Control {
 }
 
 /// An attached device. [`Attachment::disconnect`] asks the kernel to end it;
-/// [`Attachment::wait`] returns once every connection has ended.
+/// [`Attachment::wait`] returns once every connection has ended;
+/// [`Attachment::revive`] replaces connections the kernel declared dead.
 #[derive(Debug)]
 pub struct Attachment {
     index: u32,
     path: PathBuf,
     control: Control,
-    servers: Vec<JoinHandle<Result<(), String>>>,
+    config: DeviceConfig,
+    serve: Serve,
+    conns: Vec<Conn>,
+}
+
+/// One connection's serving thread, and how it ended once it has been joined.
+#[derive(Debug)]
+struct Conn {
+    handle: Option<JoinHandle<ServeResult>>,
+    ended: Option<ServeResult>,
+}
+
+impl Conn {
+    fn new(handle: JoinHandle<ServeResult>) -> Self {
+        Conn {
+            handle: Some(handle),
+            ended: None,
+        }
+    }
+}
+
+struct Serve(ServeFn);
+
+impl std::fmt::Debug for Serve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServeFn")
+    }
 }
 
 impl Attachment {
@@ -83,7 +122,7 @@ impl Attachment {
             }
             AttachMethod::Netlink => Plane::Netlink(NbdNetlink::open()?),
         };
-        let (kernel_ends, servers) = spawn_servers(options.connections, &serve)?;
+        let (kernel_ends, servers) = spawn_servers(0..options.connections, &serve)?;
         let attached = match &mut plane {
             Plane::Ioctl(device) => attach_ioctl(Arc::clone(device), &options.config, &kernel_ends),
             Plane::Netlink(nl) => match (options.reconnect, options.index) {
@@ -107,7 +146,9 @@ impl Attachment {
                 index,
                 path: device_path(index),
                 control,
-                servers,
+                config: options.config.clone(),
+                serve: Serve(serve),
+                conns: servers.into_iter().map(Conn::new).collect(),
             }),
             // The servers see EOF now, except (reconnect) any whose socket the kernel kept:
             // those are left to end with the process rather than waited for.
@@ -133,7 +174,57 @@ impl Attachment {
 
     /// Whether every connection has ended.
     pub fn is_finished(&self) -> bool {
-        self.servers.iter().all(JoinHandle::is_finished)
+        self.conns
+            .iter()
+            .all(|c| c.handle.as_ref().is_none_or(JoinHandle::is_finished))
+    }
+
+    /// Replaces every connection that ended without NBD_CMD_DISC (the kernel shut it down
+    /// after a request timed out, or its serving thread failed) with a fresh socketpair
+    /// handed over by RECONFIGURE, and returns how many it replaced. Netlink devices with a
+    /// dead-connection timeout only: the kernel holds new I/O for that long waiting for this;
+    /// anything else returns 0. Nothing is replaced once any connection saw NBD_CMD_DISC
+    /// (the device is being disconnected). Call it periodically; if the kernel has not yet
+    /// seen the old socket die it keeps none of the new ones, this returns an error, and the
+    /// next call tries again.
+    pub fn revive(&mut self) -> Result<usize, KernelError> {
+        if !matches!(self.control, Control::Netlink) || self.config.dead_conn_timeout.is_zero() {
+            return Ok(0);
+        }
+        for c in &mut self.conns {
+            if c.handle.as_ref().is_some_and(JoinHandle::is_finished) {
+                c.ended = c.handle.take().map(join);
+            }
+        }
+        if self
+            .conns
+            .iter()
+            .any(|c| matches!(c.ended, Some(Ok(Ended::Disconnected))))
+        {
+            return Ok(0);
+        }
+        let lost: Vec<usize> = (0..self.conns.len())
+            .filter(|&i| self.conns[i].ended.is_some())
+            .collect();
+        if lost.is_empty() {
+            return Ok(0);
+        }
+        for &connection in &lost {
+            if let Some(Err(error)) = &self.conns[connection].ended {
+                tracing::warn!(device = self.index, connection, %error, "connection failed");
+            }
+        }
+        let (kernel_ends, servers) = spawn_servers(lost.iter().copied(), &self.serve.0)?;
+        let reconfigured = reconfigure_for(&self.config, &kernel_ends)
+            .and_then(|r| NbdNetlink::open()?.reconfigure(self.index, &r));
+        drop(kernel_ends);
+        let result = reconfigured.and_then(|()| check_taken(&servers));
+        // Installed either way: servers whose socket the kernel did not keep end at once, and
+        // the next call retries.
+        for (&connection, server) in lost.iter().zip(servers) {
+            self.conns[connection] = Conn::new(server);
+        }
+        result.map(|()| lost.len())
     }
 
     /// Asks the kernel to send NBD_CMD_DISC on every connection; the servers answer what is
@@ -149,10 +240,11 @@ impl Attachment {
     /// sockets to be cleared). The first serving error, if any, is returned.
     pub fn wait(mut self) -> Result<(), KernelError> {
         let mut first_error = None;
-        for (connection, server) in self.servers.drain(..).enumerate() {
-            let result = server
-                .join()
-                .unwrap_or_else(|_| Err("serving thread panicked".into()));
+        for (connection, conn) in self.conns.drain(..).enumerate() {
+            let result = match conn.handle {
+                Some(handle) => join(handle),
+                None => conn.ended.unwrap_or(Ok(Ended::Lost)),
+            };
             if let Err(message) = result {
                 first_error.get_or_insert(KernelError::Serve {
                     connection,
@@ -174,6 +266,12 @@ impl Attachment {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+fn join(handle: JoinHandle<ServeResult>) -> ServeResult {
+    handle
+        .join()
+        .unwrap_or_else(|_| Err("serving thread panicked".into()))
 }
 
 /// `/dev/nbd<index>`.
@@ -203,7 +301,7 @@ fn reconfigure_for(config: &DeviceConfig, sockets: &[OwnedFd]) -> Result<Reconfi
 /// RECONFIGURE succeeds even when the kernel keeps none of the new sockets (it only replaces
 /// dead ones). A socket the kernel did not keep has no other holder once ours is dropped, so
 /// its server sees EOF at once: watch briefly for that.
-fn check_taken(servers: &[JoinHandle<Result<(), String>>]) -> Result<(), KernelError> {
+fn check_taken(servers: &[JoinHandle<ServeResult>]) -> Result<(), KernelError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
     while std::time::Instant::now() < deadline {
         if servers.iter().any(JoinHandle::is_finished) {
@@ -223,13 +321,16 @@ enum Plane {
     Netlink(NbdNetlink),
 }
 
-type Servers = (Vec<OwnedFd>, Vec<JoinHandle<Result<(), String>>>);
+type Servers = (Vec<OwnedFd>, Vec<JoinHandle<ServeResult>>);
 
 /// One socketpair per connection; a thread serves each server end.
-fn spawn_servers(connections: usize, serve: &ServeFn) -> Result<Servers, KernelError> {
-    let mut kernel_ends = Vec::with_capacity(connections);
-    let mut servers = Vec::with_capacity(connections);
-    for connection in 0..connections {
+fn spawn_servers(
+    connections: impl Iterator<Item = usize>,
+    serve: &ServeFn,
+) -> Result<Servers, KernelError> {
+    let mut kernel_ends = Vec::new();
+    let mut servers = Vec::new();
+    for connection in connections {
         let (kernel_end, server_end) = UnixStream::pair().map_err(|source| KernelError::Io {
             what: "create a socketpair",
             source,

@@ -23,7 +23,7 @@ pub mod netlink;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use attach::{AttachMethod, AttachOptions, Attachment, ServeFn};
+pub use attach::{AttachMethod, AttachOptions, Attachment, Ended, ServeFn};
 pub use attrs::DeviceStatus;
 
 /// `NBD_FLAG_HAS_FLAGS`: must be set in every flags word.

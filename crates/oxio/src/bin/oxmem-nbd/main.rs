@@ -17,7 +17,8 @@ use oxio_block::omnixtend::OmnixtendBackend;
 use oxio_block::{parse_size, SharedBackend};
 use oxio_nbd::kernel::netlink::NbdNetlink;
 use oxio_nbd::kernel::{
-    prepare_process, AttachMethod, AttachOptions, Attachment, DeviceConfig, KernelError, ServeFn,
+    prepare_process, AttachMethod, AttachOptions, Attachment, DeviceConfig, Ended, KernelError,
+    ServeFn,
 };
 use oxio_nbd::server::{
     serve_transmission_blocking, Export, Shutdown, ShutdownTrigger, TransmissionMode,
@@ -77,6 +78,8 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     timeout: u64,
     /// Netlink only: seconds I/O waits for a reconnection once every connection is dead.
+    /// When set, oxmem-nbd also watches its connections: one the kernel shuts down (after a
+    /// request exceeded --timeout) is replaced by a fresh one within about 100 ms.
     #[arg(long, default_value_t = 0)]
     dead_conn_timeout: u64,
     /// Reach the memory node over UDP at this address instead of raw Ethernet on --netdev.
@@ -316,7 +319,11 @@ fn attach(
         match result {
             Ok(stats) => {
                 tracing::debug!(connection, ?stats, "connection ended");
-                Ok(())
+                Ok(if stats.clean_disconnect {
+                    Ended::Disconnected
+                } else {
+                    Ended::Lost
+                })
             }
             Err(err) => Err(err.to_string()),
         }
@@ -387,7 +394,16 @@ fn run(args: &Args) -> Result<(), BoxError> {
             }
         }
     }
-    while !stop.load(Ordering::Relaxed) && !devices.iter().all(|(a, _)| a.is_finished()) {
+    let mut monitors = vec![Monitor::default(); devices.len()];
+    let give_up = Duration::from_secs(args.dead_conn_timeout);
+    while !stop.load(Ordering::Relaxed) {
+        let mut alive = false;
+        for ((attachment, _), monitor) in devices.iter_mut().zip(&mut monitors) {
+            alive |= monitor.tick(attachment, give_up);
+        }
+        if !alive {
+            break;
+        }
         if report.swap(false, Ordering::Relaxed) {
             for (attachment, export) in &devices {
                 println!(
@@ -406,6 +422,45 @@ fn run(args: &Args) -> Result<(), BoxError> {
     let result = wait_all(devices);
     close(requester.as_deref());
     result
+}
+
+/// Replaces a device's dead connections ([`Attachment::revive`]), retrying every second
+/// while the kernel has not yet declared the old ones dead, for up to the dead-connection
+/// timeout.
+#[derive(Debug, Clone, Default)]
+struct Monitor {
+    next_try: Option<Instant>,
+    failing_since: Option<Instant>,
+}
+
+impl Monitor {
+    /// Returns whether the device still has, or may get back, a connection.
+    fn tick(&mut self, attachment: &mut Attachment, give_up: Duration) -> bool {
+        let now = Instant::now();
+        if self.next_try.is_none_or(|t| now >= t) {
+            self.next_try = None;
+            match attachment.revive() {
+                Ok(0) => {}
+                Ok(n) => {
+                    println!(
+                        "oxmem-nbd: {} reconnected {n} dead connection(s)",
+                        attachment.path().display()
+                    );
+                    self.failing_since = None;
+                }
+                Err(err) => {
+                    // Most often: the kernel has not yet seen the old socket die.
+                    tracing::warn!("{}: reconnecting: {err}", attachment.path().display());
+                    self.failing_since.get_or_insert(now);
+                    self.next_try = Some(now + Duration::from_secs(1));
+                }
+            }
+        }
+        let retrying = self
+            .failing_since
+            .is_some_and(|t| now.duration_since(t) < give_up);
+        !attachment.is_finished() || retrying
+    }
 }
 
 /// Finishes the requester's in-flight transfers and closes the TLoE connection.
