@@ -3,11 +3,12 @@
 //! Every request is checked against the window before it is translated, so no device ever
 //! reaches a neighbour's bytes.
 
+use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::BorrowedFd;
 
 use oxio_block::{
-    BlockBackend, BlockError, BlockQueue, Capabilities, Completion, Extent, Op, QueueFull, Request,
-    SharedBackend,
+    BlockBackend, BlockError, BlockQueue, Capabilities, Completion, DirectAccess, Extent, Op,
+    QueueFull, Request, SharedBackend,
 };
 
 /// Bytes `[offset, offset + len)` of `inner`, as a device of `len` bytes.
@@ -60,6 +61,51 @@ impl BlockBackend for Window {
             self.offset,
             self.len
         )
+    }
+
+    fn direct(&self) -> Option<&dyn DirectAccess> {
+        self.inner.direct().map(|_| self as &dyn DirectAccess)
+    }
+}
+
+impl Window {
+    /// The inner backend's range for `[offset, offset + len)` of the window, cut at the
+    /// window's end (callers range-check first; this keeps neighbours out regardless).
+    fn inner_range(&self, offset: u64, len: u64) -> (u64, u64) {
+        let len = len.min(self.len.saturating_sub(offset));
+        (self.offset + offset.min(self.len), len)
+    }
+}
+
+impl DirectAccess for Window {
+    fn read_with(
+        &self,
+        offset: u64,
+        len: u64,
+        f: &mut dyn FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let (at, len) = self.inner_range(offset, len);
+        match self.inner.direct() {
+            Some(d) if len > 0 => d.read_with(at, len, f),
+            _ => f(&[]),
+        }
+    }
+
+    fn write_with(
+        &self,
+        offset: u64,
+        len: u64,
+        f: &mut dyn FnMut(&mut [IoSliceMut<'_>]) -> io::Result<usize>,
+    ) -> oxio_block::Result<io::Result<usize>> {
+        let (at, len) = self.inner_range(offset, len);
+        match self.inner.direct() {
+            Some(d) if len > 0 => d.write_with(at, len, f),
+            _ => Err(BlockError::OutOfRange {
+                offset,
+                len,
+                size: self.len,
+            }),
+        }
     }
 }
 
@@ -201,6 +247,32 @@ mod tests {
             &[0; 4096][..],
             "nothing leaked into the next window"
         );
+    }
+
+    #[test]
+    fn direct_access_is_shifted_and_cut_at_the_window() {
+        let inner = memory(1 << 20);
+        let b = Window::new(Arc::clone(&inner), 512 << 10, 256 << 10).unwrap();
+        let d = b.direct().expect("memory has direct access");
+        d.write_from(4096, &[0xcc; 8192]).unwrap();
+        let mut whole = BlockingQueue::new(inner.open_queue(4).unwrap());
+        let seen = whole.read_at((512 << 10) + 4096, 8192).unwrap();
+        assert_eq!(&seen[..], &[0xcc; 8192][..]);
+        let mut back = [0u8; 8192];
+        d.read_into(4096, &mut back);
+        assert_eq!(back, [0xcc; 8192]);
+        // A range running past the window's end is cut there; one starting past it is refused.
+        let mut offered = 0;
+        d.write_with((256 << 10) - 100, 4096, &mut |s| {
+            offered = s.iter().map(|s| s.len()).sum();
+            Ok(0)
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(offered, 100);
+        assert!(d.write_with(256 << 10, 1, &mut |_| Ok(0)).is_err());
+        let n = d.read_with(u64::MAX, 10, &mut |s| Ok(s.len())).unwrap();
+        assert_eq!(n, 0);
     }
 
     #[test]
