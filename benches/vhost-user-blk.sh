@@ -3,9 +3,11 @@
 # against `oxio vhost-user blk` and against qemu-storage-daemon's vhost-user-blk export, on
 # the same 256 MiB file in /dev/shm, in one run, same workloads in the same order:
 #   1 MiB sequential write and read at QD8, 4 KiB random write and read at QD32.
-# Prints a markdown table with oxio's IOPS ratio to the peer.
+# The file is written in full first; ROUNDS rounds alternate which daemon goes first. Prints
+# a markdown table of medians with oxio's IOPS ratio to the peer (and the ratio per round).
 #
 # Usage: [OXIO_BENCH_ONLY=rand-write] benches/vhost-user-blk.sh [SECONDS per workload, default 5]
+#        [ROUNDS, default 2]
 # Needs the guest setup (scripts/setup.d/20-guest.sh) and fio on the host (copied into the
 # guest with its libraries). Under TCG the guest's CPU is the bottleneck, so this shows
 # whether the daemon holds the guest back, not the daemon's own ceiling (see the device-side
@@ -13,5 +15,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OXIO_BENCH_SECONDS=${1:-5}
+export OXIO_BENCH_ROUNDS=${2:-2}
 exec cargo test --release --locked -p oxio-guest-harness --test vhost_user_blk_bench -- \
     --ignored --nocapture --test-threads=1

@@ -1,7 +1,10 @@
 //! Benchmark (ignored by default; run by `benches/vhost-user-blk.sh`): fio inside a TCG guest
 //! against `oxio vhost-user blk` and against qemu-storage-daemon's vhost-user-blk export, on
-//! the same RAM-backed file, in one run. Prints a table with oxio's ratio to the peer. No
-//! assertion on speed: the figures go to docs/performance.md.
+//! the same RAM-backed file (written in full first), in one run of several rounds that
+//! alternate which daemon goes first. Prints medians, oxio's ratio to the peer, and two
+//! figures that depend little on the machine's load: the guest's interrupts per request and
+//! the daemon's CPU time per request. No assertion on speed: the figures go to
+//! docs/performance.md.
 
 #![allow(clippy::unwrap_used)]
 
@@ -87,15 +90,33 @@ fn workloads() -> Vec<(&'static str, &'static str)> {
 
 /// One workload's result.
 struct Figures {
-    workload: String,
     mib_s: f64,
     iops: f64,
     /// Guest interrupts per request.
     irq_per_req: f64,
+    /// CPU time of the daemon process (all its threads) per request, in microseconds.
+    cpu_us_per_req: f64,
 }
 
-/// Runs every workload in a guest.
-fn measure(name: &str, sock: &Path, seconds: u32) -> Vec<Figures> {
+/// CPU time (user + system, all threads) of process `pid` so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let field = |n: usize| -> f64 {
+        rest.split_whitespace()
+            .nth(n - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (field(14) + field(15)) / hz
+}
+
+/// Runs every workload in a guest; `pid` is the daemon, whose CPU time is sampled around
+/// each workload.
+fn measure(name: &str, sock: &Path, seconds: u32, pid: u32) -> Vec<Figures> {
     let mut chardev = OsString::from("socket,id=vu0,path=");
     chardev.push(sock);
     // Besides throughput, count the guest's interrupts per completed request: a device that
@@ -106,7 +127,8 @@ fn measure(name: &str, sock: &Path, seconds: u32) -> Vec<Figures> {
     );
     for (i, (_, args)) in workloads().iter().enumerate() {
         script.push_str(&format!(
-            "before=$(irqs)\n\
+            "mark start{i}\n\
+             before=$(irqs)\n\
              fio --minimal --name=w{i} --filename=/dev/vda --ioengine=libaio --direct=1 \
              --size=128M --time_based --runtime={seconds} {args} > /tmp/r\n\
              after=$(irqs)\n\
@@ -114,7 +136,7 @@ fn measure(name: &str, sock: &Path, seconds: u32) -> Vec<Figures> {
              '{{print \"BENCH {i}\", $7 + $48, $8 + $49, $6 + $47, irq}}' /tmp/r\n"
         ));
     }
-    let outcome = Guest::new(name)
+    let mut running = Guest::new(name)
         .shared_memory()
         .modules(["virtio_pci", "virtio_blk"])
         .host_program("fio")
@@ -122,8 +144,22 @@ fn measure(name: &str, sock: &Path, seconds: u32) -> Vec<Figures> {
         .qemu_args(["-device", "vhost-user-blk-pci,chardev=vu0"])
         .timeout(Duration::from_secs(u64::from(seconds) * 8 + 120))
         .script(&script)
-        .run()
+        .spawn()
         .unwrap();
+    let limit = Duration::from_secs(u64::from(seconds) * 4 + 120);
+    let cpu: Vec<f64> = (0..workloads().len())
+        .map(|i| {
+            running
+                .wait_for_serial(&format!("OXIO-MARK start{i}\n"), limit)
+                .unwrap();
+            let before = cpu_seconds(pid);
+            running
+                .wait_for_serial(&format!("BENCH {i} "), limit)
+                .unwrap();
+            cpu_seconds(pid) - before
+        })
+        .collect();
+    let outcome = running.wait().unwrap();
     outcome.expect_pass().unwrap();
     let log = &outcome.serial;
     workloads()
@@ -139,53 +175,105 @@ fn measure(name: &str, sock: &Path, seconds: u32) -> Vec<Figures> {
             let mut next = || -> f64 { fields.next().unwrap().parse().unwrap() };
             let (kib_s, iops, kib, irqs) = (next(), next(), next(), next());
             let bytes_per_req = kib_s / iops.max(1.0);
+            let requests = (kib / bytes_per_req).max(1.0);
             Figures {
-                workload: (*w).to_string(),
                 mib_s: kib_s / 1024.0,
                 iops,
-                irq_per_req: irqs / (kib / bytes_per_req).max(1.0),
+                irq_per_req: irqs / requests,
+                cpu_us_per_req: cpu[i] * 1e6 / requests,
             }
         })
         .collect()
 }
 
+/// Median of `v` (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 #[test]
 #[ignore = "benchmark: run benches/vhost-user-blk.sh"]
 fn vhost_user_blk_guest_fio_oxio_vs_qemu_storage_daemon() {
-    let seconds: u32 = std::env::var("OXIO_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let env = |name: &str, default: u32| -> u32 {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let seconds = env("OXIO_BENCH_SECONDS", 5);
+    let rounds = env("OXIO_BENCH_ROUNDS", 2).max(1);
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let image = dir.path().join("disk.img");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(256 << 20)
-        .unwrap();
+    // Written in full first, so neither daemon pays for allocating the file's pages.
+    std::fs::write(&image, vec![0xa5u8; 256 << 20]).unwrap();
     let sock = dir.path().join("vu.sock");
 
-    let peer = start_oxio(&sock, &image);
-    let ours = measure("bench-vhost-user-blk-oxio", &sock, seconds);
-    drop(peer);
-    let _ = std::fs::remove_file(&sock);
-    let peer = start_qsd(&sock, &image);
-    let theirs = measure("bench-vhost-user-blk-qsd", &sock, seconds);
-    drop(peer);
+    // Rounds alternate which daemon goes first (ABBA...), so drift in the machine's load
+    // over the run does not favour either.
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for oxio in order {
+            let _ = std::fs::remove_file(&sock);
+            if oxio {
+                let peer = start_oxio(&sock, &image);
+                ours.push(measure(
+                    "bench-vhost-user-blk-oxio",
+                    &sock,
+                    seconds,
+                    peer.0.id(),
+                ));
+                drop(peer);
+            } else {
+                let peer = start_qsd(&sock, &image);
+                theirs.push(measure(
+                    "bench-vhost-user-blk-qsd",
+                    &sock,
+                    seconds,
+                    peer.0.id(),
+                ));
+                drop(peer);
+            }
+        }
+    }
 
     println!(
-        "| workload ({seconds} s each, guest fio libaio O_DIRECT) | oxio MiB/s | oxio IOPS | \
-         oxio irq/req | qemu-storage-daemon MiB/s | IOPS | irq/req | ratio (IOPS) |"
+        "| workload ({seconds} s each, guest fio libaio O_DIRECT; median of {rounds} rounds) | \
+         oxio MiB/s | oxio IOPS | oxio irq/req | oxio CPU µs/req | qemu-storage-daemon MiB/s | \
+         IOPS | irq/req | CPU µs/req | ratio (IOPS) | ratio per round |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for (a, b) in ours.iter().zip(&theirs) {
-        let ratio = if b.iops > 0.0 {
-            a.iops / b.iops
-        } else {
-            f64::NAN
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (w, (name, _)) in workloads().iter().enumerate() {
+        let col = |runs: &[Vec<Figures>], f: fn(&Figures) -> f64| {
+            median(runs.iter().map(|r| f(&r[w])).collect())
         };
+        let (a_iops, b_iops) = (col(&ours, |f| f.iops), col(&theirs, |f| f.iops));
+        let per_round: Vec<String> = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| format!("{:.2}", a[w].iops / b[w].iops.max(1.0)))
+            .collect();
         println!(
-            "| {} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} | {:.2} | {ratio:.2} |",
-            a.workload, a.mib_s, a.iops, a.irq_per_req, b.mib_s, b.iops, b.irq_per_req
+            "| {name} | {:.1} | {a_iops:.0} | {:.2} | {:.1} | {:.1} | {b_iops:.0} | {:.2} | {:.1} \
+             | {:.2} | {} |",
+            col(&ours, |f| f.mib_s),
+            col(&ours, |f| f.irq_per_req),
+            col(&ours, |f| f.cpu_us_per_req),
+            col(&theirs, |f| f.mib_s),
+            col(&theirs, |f| f.irq_per_req),
+            col(&theirs, |f| f.cpu_us_per_req),
+            a_iops / b_iops.max(1.0),
+            per_round.join(" "),
         );
     }
 }
