@@ -215,31 +215,35 @@ impl InflightRegion {
     }
 
     fn load_u8(&self, off: usize) -> u8 {
+        let Some(p) = self.ptr::<u8>(off) else {
+            return 0;
+        };
         // SAFETY: in bounds and aligned (`ptr`); the memory is only accessed atomically.
-        self.ptr::<u8>(off).map_or(0, |p| {
-            unsafe { AtomicU8::from_ptr(p) }.load(Ordering::Acquire)
-        })
+        unsafe { AtomicU8::from_ptr(p) }.load(Ordering::Acquire)
     }
 
     fn load_u16(&self, off: usize) -> u16 {
+        let Some(p) = self.ptr::<u16>(off) else {
+            return 0;
+        };
         // SAFETY: as in `load_u8`.
-        self.ptr::<u16>(off).map_or(0, |p| {
-            unsafe { AtomicU16::from_ptr(p) }.load(Ordering::Acquire)
-        })
+        unsafe { AtomicU16::from_ptr(p) }.load(Ordering::Acquire)
     }
 
     fn load_u32(&self, off: usize) -> u32 {
+        let Some(p) = self.ptr::<u32>(off) else {
+            return 0;
+        };
         // SAFETY: as in `load_u8`.
-        self.ptr::<u32>(off).map_or(0, |p| {
-            unsafe { AtomicU32::from_ptr(p) }.load(Ordering::Acquire)
-        })
+        unsafe { AtomicU32::from_ptr(p) }.load(Ordering::Acquire)
     }
 
     fn load_u64(&self, off: usize) -> u64 {
+        let Some(p) = self.ptr::<u64>(off) else {
+            return 0;
+        };
         // SAFETY: as in `load_u8`.
-        self.ptr::<u64>(off).map_or(0, |p| {
-            unsafe { AtomicU64::from_ptr(p) }.load(Ordering::Acquire)
-        })
+        unsafe { AtomicU64::from_ptr(p) }.load(Ordering::Acquire)
     }
 
     // Stores are `Release`: the order of stores is what makes the region recoverable, and a
