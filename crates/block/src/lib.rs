@@ -317,7 +317,48 @@ pub trait BlockQueue: Send + fmt::Debug {
 
     /// The `depth` the queue was opened with.
     fn depth(&self) -> usize;
+
+    /// Starts a read into (`write == false`) or a write from (`write == true`) memory the
+    /// caller owns, described by `iov`, at `offset`: the zero-copy path for front-ends whose
+    /// data already sits in memory that outlives the request (a VMM's guest RAM, which
+    /// virtio-blk would otherwise copy through an [`IoBuf`]). It completes through
+    /// [`reap`](Self::reap) like any request, with `buf: None`. A queue that cannot do it
+    /// returns [`VectoredUnsupported`] without side effects (the default) and the caller
+    /// uses [`submit`](Self::submit) instead. `iov` itself is copied.
+    ///
+    /// # Safety
+    ///
+    /// The memory `iov` describes must stay mapped and writable (reads), and the caller must
+    /// not touch it (reads) or change it (writes), until the completion for `tag` has been
+    /// reaped or the queue dropped (dropping waits for the kernel).
+    unsafe fn submit_vectored(
+        &mut self,
+        tag: u64,
+        offset: u64,
+        iov: &[RawSlice],
+        write: bool,
+    ) -> std::result::Result<(), VectoredUnsupported> {
+        let _ = (tag, offset, iov, write);
+        Err(VectoredUnsupported)
+    }
 }
+
+/// One piece of caller-owned memory for [`BlockQueue::submit_vectored`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawSlice {
+    /// First byte.
+    pub ptr: *mut u8,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+// SAFETY: a plain address and length; the `submit_vectored` contract governs access.
+unsafe impl Send for RawSlice {}
+
+/// [`BlockQueue::submit_vectored`] is not available for this queue or request: use
+/// [`BlockQueue::submit`] with an [`IoBuf`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VectoredUnsupported;
 
 /// A shared, dynamically typed backend, as front-ends hold it.
 pub type SharedBackend = Arc<dyn BlockBackend>;

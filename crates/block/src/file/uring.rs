@@ -10,17 +10,86 @@ use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::{sync_io, FileInner};
-use crate::{BlockError, BlockQueue, Completion, Notifier, Op, QueueFull, Request, Result};
+use super::{sync_io, FileInner, DIRECT_ALIGN};
+use crate::{
+    BlockError, BlockQueue, Completion, Notifier, Op, QueueFull, RawSlice, Request, Result,
+    VectoredUnsupported,
+};
 
 /// Largest length put in one SQE; longer buffers complete in several steps.
 const MAX_SQE_BYTES: usize = 1 << 30;
 
+/// Most iovecs in one SQE (the kernel's `UIO_MAXIOV`); more complete in several steps.
+const MAX_IOVECS: usize = 1024;
+
 #[derive(Debug)]
 struct Slot {
+    /// The request; for a vectored one, its tag with a placeholder op (`vec` has the rest).
     req: Request,
     /// Bytes already transferred (reads and writes).
     done: usize,
+    /// A [`BlockQueue::submit_vectored`] transfer on the caller's memory.
+    vec: Option<Box<VecIo>>,
+}
+
+/// A vectored read or write on caller-owned memory.
+#[derive(Debug)]
+struct VecIo {
+    offset: u64,
+    write: bool,
+    iov: Vec<RawSlice>,
+    total: usize,
+    /// Every piece is aligned for `O_DIRECT`.
+    aligned: bool,
+    /// The iovecs of the SQE in flight (the rest of the transfer), kept until its CQE.
+    cur: IoVecs,
+}
+
+#[derive(Debug, Default)]
+struct IoVecs(Vec<libc::iovec>);
+
+// SAFETY: plain addresses into memory governed by the `submit_vectored` contract.
+unsafe impl Send for IoVecs {}
+
+impl VecIo {
+    /// Points `cur` at the bytes from `done` on; returns their length.
+    fn fill_cur(&mut self, done: usize) -> usize {
+        self.cur.0.clear();
+        let (mut skip, mut len) = (done, 0);
+        for s in &self.iov {
+            if self.cur.0.len() == MAX_IOVECS || len >= MAX_SQE_BYTES {
+                break;
+            }
+            if skip >= s.len {
+                skip -= s.len;
+                continue;
+            }
+            let n = (s.len - skip).min(MAX_SQE_BYTES - len);
+            self.cur.0.push(libc::iovec {
+                // SAFETY: `skip < s.len`: inside the caller's piece.
+                iov_base: unsafe { s.ptr.add(skip) }.cast(),
+                iov_len: n,
+            });
+            len += n;
+            skip = 0;
+        }
+        len
+    }
+
+    /// Zeroes the bytes from `done` on (a read past the end of a file that shrank).
+    fn zero_from(&self, done: usize) {
+        let mut skip = done;
+        for s in &self.iov {
+            if skip >= s.len {
+                skip -= s.len;
+                continue;
+            }
+            // SAFETY: inside the caller's piece, which `submit_vectored`'s contract keeps
+            // writable for a read.
+            unsafe { std::ptr::write_bytes(s.ptr.add(skip), 0, s.len - skip) };
+            skip = 0;
+        }
+    }
 }
 
 pub(super) struct UringQueue {
@@ -70,6 +139,26 @@ impl UringQueue {
         let slot = self.slots.get_mut(index)?.as_mut()?;
         let user_data = index as u64;
         let done = slot.done;
+        if let Some(v) = slot.vec.as_deref_mut() {
+            let len = v.fill_cur(done);
+            let at = v.offset + done as u64;
+            let fd = if v.aligned {
+                self.inner.fd_for(at, len as u64)
+            } else {
+                self.inner.buffered.as_raw_fd()
+            };
+            let n = u32::try_from(v.cur.0.len()).ok()?;
+            let entry = if v.write {
+                opcode::Writev::new(types::Fd(fd), v.cur.0.as_ptr(), n)
+                    .offset(at)
+                    .build()
+            } else {
+                opcode::Readv::new(types::Fd(fd), v.cur.0.as_ptr(), n)
+                    .offset(at)
+                    .build()
+            };
+            return Some(entry.user_data(user_data));
+        }
         let entry = match &mut slot.req.op {
             Op::Read { offset, buf } => {
                 let len = (buf.len() - done).min(MAX_SQE_BYTES);
@@ -121,15 +210,19 @@ impl UringQueue {
             return;
         };
         let mut slot = slot;
-        let (total, what) = match &slot.req.op {
-            Op::Read { buf, .. } => (buf.len(), "read"),
-            Op::Write { buf, .. } => (buf.len(), "write"),
+        let (total, what) = match (&slot.vec, &slot.req.op) {
+            (Some(v), _) => (v.total, if v.write { "write" } else { "read" }),
+            (None, Op::Read { buf, .. }) => (buf.len(), "read"),
+            (None, Op::Write { buf, .. }) => (buf.len(), "write"),
             _ => (0, "flush"),
         };
         let result = match usize::try_from(res) {
             Err(_) => Err(BlockError::from_errno(what, res.saturating_neg())),
             Ok(0) if slot.done < total => {
-                if let Op::Read { buf, .. } = &mut slot.req.op {
+                if let Some(v) = slot.vec.as_deref().filter(|v| !v.write) {
+                    v.zero_from(slot.done);
+                    Ok(())
+                } else if let Op::Read { buf, .. } = &mut slot.req.op {
                     // Past the end of a file that shrank: reads as zero.
                     buf[slot.done..].fill(0);
                     Ok(())
@@ -190,7 +283,11 @@ impl BlockQueue for UringQueue {
         let Some(index) = self.free.pop() else {
             return Err(QueueFull(req));
         };
-        self.slots[index] = Some(Slot { req, done: 0 });
+        self.slots[index] = Some(Slot {
+            req,
+            done: 0,
+            vec: None,
+        });
         if let Err(e) = self.push(index) {
             if let Some(slot) = self.slots[index].take() {
                 self.finish(index, slot, Err(e));
@@ -240,6 +337,57 @@ impl BlockQueue for UringQueue {
 
     fn depth(&self) -> usize {
         self.depth
+    }
+
+    unsafe fn submit_vectored(
+        &mut self,
+        tag: u64,
+        offset: u64,
+        iov: &[RawSlice],
+        write: bool,
+    ) -> std::result::Result<(), VectoredUnsupported> {
+        if self.in_flight() >= self.depth {
+            return Err(VectoredUnsupported);
+        }
+        let total: usize = iov.iter().map(|s| s.len).sum();
+        let req = Request {
+            tag,
+            op: Op::Flush, // placeholder: `vec` describes the transfer
+        };
+        let check = if write && self.inner.caps.read_only {
+            Err(BlockError::ReadOnly)
+        } else {
+            self.inner.caps.check_range(offset, total as u64)
+        };
+        if check.is_err() || total == 0 {
+            self.inline_done.push(Completion::new(req, check));
+            return Ok(());
+        }
+        let Some(index) = self.free.pop() else {
+            return Err(VectoredUnsupported);
+        };
+        let aligned = iov.iter().all(|s| {
+            (s.ptr as usize as u64) % DIRECT_ALIGN == 0 && s.len as u64 % DIRECT_ALIGN == 0
+        });
+        let vec = VecIo {
+            offset,
+            write,
+            iov: iov.to_vec(),
+            total,
+            aligned,
+            cur: IoVecs::default(),
+        };
+        self.slots[index] = Some(Slot {
+            req,
+            done: 0,
+            vec: Some(Box::new(vec)),
+        });
+        if let Err(e) = self.push(index) {
+            if let Some(slot) = self.slots[index].take() {
+                self.finish(index, slot, Err(e));
+            }
+        }
+        Ok(())
     }
 }
 

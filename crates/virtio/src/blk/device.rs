@@ -142,6 +142,7 @@ impl Block {
             depth: self.cfg.depth,
             flush: self.caps.flush,
             pool: Default::default(),
+            iov: Vec::new(),
         })
     }
 

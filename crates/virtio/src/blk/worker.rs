@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use oxio_block::{BlockQueue, Completion, IoBuf, Op, Request as BlockRequest};
+use oxio_block::{BlockQueue, Completion, IoBuf, Op, RawSlice, Request as BlockRequest};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -78,6 +78,8 @@ pub(crate) struct Worker {
     pub(crate) depth: usize,
     pub(crate) flush: bool,
     pub(crate) pool: BufPool,
+    /// Scratch for the guest segments of a zero-copy read or write.
+    pub(crate) iov: Vec<RawSlice>,
 }
 
 #[derive(Default)]
@@ -99,6 +101,11 @@ impl<'m> Slots<'m> {
         }
     }
 
+    /// The index the next `insert` will use.
+    fn next_index(&self) -> usize {
+        self.free.last().copied().unwrap_or(self.slots.len())
+    }
+
     fn remove(&mut self, i: usize) -> Option<InFlight<'m>> {
         let f = self.slots.get_mut(i)?.take()?;
         self.free.push(i);
@@ -113,7 +120,12 @@ impl Worker {
         if let Err(e) = self.event_loop(&mem) {
             tracing::error!(queue = self.index, error = %e, "virtio-blk queue stopped");
         }
-        (self.index, self.queue.state())
+        let state = (self.index, self.queue.state());
+        // The backend queue waits for the kernel to finish zero-copy transfers into guest
+        // memory when dropped: drop it while we still hold the memory.
+        drop(self);
+        drop(mem);
+        state
     }
 
     fn event_loop(&mut self, mem: &GuestMemory) -> std::io::Result<()> {
@@ -244,6 +256,20 @@ impl Worker {
             Err(Reject::NoStatus) => return self.queue.add_used(chain.id(), 0),
             Err(Reject::Status(s)) => return self.complete(&chain, s),
         };
+        let zero_copy = match req {
+            Request::Read { offset, len } => Some((offset, len, false)),
+            Request::Write { offset, len } => Some((offset, len, true)),
+            _ => None,
+        };
+        let chain = match zero_copy {
+            Some((offset, len, write)) => {
+                match self.start_zero_copy(chain, slots, offset, len, write) {
+                    Ok(()) => return,
+                    Err(chain) => chain,
+                }
+            }
+            None => chain,
+        };
         let ops = match req {
             Request::Read { offset, len } => {
                 vec![Op::Read {
@@ -311,6 +337,68 @@ impl Worker {
                 );
             }
         }
+    }
+
+    /// Starts a read or write straight on the chain's guest memory, if the backend can
+    /// (`BlockQueue::submit_vectored`); otherwise hands the chain back for the copying path.
+    fn start_zero_copy<'m>(
+        &mut self,
+        chain: DescriptorChain<'m>,
+        slots: &mut Slots<'m>,
+        offset: u64,
+        len: u32,
+        write: bool,
+    ) -> Result<(), DescriptorChain<'m>> {
+        // Data: after the header in the readable part (writes), or before the status byte
+        // in the writable part (reads); `request::parse` checked both lengths.
+        let (segments, mut skip) = if write {
+            (chain.readable(), HEADER_LEN as usize)
+        } else {
+            (chain.writable(), 0)
+        };
+        self.iov.clear();
+        let mut left = len as usize;
+        for s in segments {
+            if left == 0 {
+                break;
+            }
+            let seg = s.len() as usize;
+            if skip >= seg {
+                skip -= seg;
+                continue;
+            }
+            let n = (seg - skip).min(left);
+            // SAFETY: `skip < seg`: inside the segment.
+            let ptr = unsafe { s.as_ptr().add(skip) };
+            self.iov.push(RawSlice { ptr, len: n });
+            left -= n;
+            skip = 0;
+        }
+        if left != 0 {
+            return Err(chain);
+        }
+        let tag = slots.next_index();
+        // SAFETY: the segments are guest memory, mapped for as long as this worker runs (the
+        // transport stops the device and joins its workers before it changes the memory
+        // table, and `run` drops the backend queue, which waits for the kernel, before the
+        // memory). The driver does not touch the chain's buffers until we complete it, which
+        // happens only after this request's completion.
+        let started = unsafe {
+            self.backend
+                .submit_vectored(tag as u64, offset, &self.iov, write)
+        };
+        if started.is_err() {
+            return Err(chain);
+        }
+        // Its completion is only reaped after this insert, which takes index `tag`.
+        let at = slots.insert(InFlight {
+            chain,
+            read_len: 0,
+            pending: 1,
+            status: status::OK,
+        });
+        debug_assert_eq!(at, tag);
+        Ok(())
     }
 
     fn reap(&mut self, slots: &mut Slots<'_>, completions: &mut Vec<Completion>) -> usize {
