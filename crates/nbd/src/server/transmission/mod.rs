@@ -715,45 +715,4 @@ impl Conn {
 }
 
 #[cfg(test)]
-mod tests {
-    use oxio_block::memory::MemoryBackend;
-    use tokio::io::AsyncWriteExt;
-
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn shutdown_gives_up_on_a_client_that_stops_reading() {
-        let export = Arc::new(Export::new(
-            "",
-            Arc::new(MemoryBackend::new(64 << 20).unwrap()),
-        ));
-        let (mut client, server) = tokio::io::duplex(64 << 10);
-        let (trigger, shutdown) = Shutdown::new();
-        let task = tokio::spawn(serve_transmission(
-            server,
-            export,
-            TransmissionMode::simple(),
-            shutdown,
-        ));
-        let mut reqs = Vec::new();
-        for i in 0..32u64 {
-            let h = RequestHeader {
-                flags: 0,
-                command: Command::Read,
-                cookie: i,
-                offset: i << 20,
-                length: 1 << 20,
-            };
-            h.emit(&mut reqs, false);
-        }
-        // 32 MiB of replies against a 64 KiB pipe the client never reads.
-        client.write_all(&reqs).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        trigger.fire();
-        let result = task.await.unwrap();
-        assert!(
-            matches!(&result, Err(ServerError::Protocol(m)) if m.contains("undelivered")),
-            "{result:?}"
-        );
-    }
-}
+mod tests;
