@@ -496,7 +496,9 @@ fn resubmitted(log: &str) -> Option<(u64, u64)> {
 /// in-order replay from the rings could not have recovered), fio must see no I/O error and
 /// read back every block it wrote, and the guest kernel must log no I/O error.
 fn killed_with_writes_in_flight(name: &str, packed: bool) {
-    const ROUNDS: u32 = 48;
+    // fio runs round after round for this long after `ready` (the kills take a few seconds
+    // each), at least 4 rounds.
+    const BUSY_SECONDS: u32 = 40;
     const KILLS: usize = 3;
     let device = if packed { ",packed=on" } else { "" };
     let dir = tempfile::tempdir().unwrap();
@@ -524,7 +526,8 @@ fn killed_with_writes_in_flight(name: &str, packed: bool) {
             "wait_for /dev/vda
              mark ready
              r=0
-             while [ $r -lt {ROUNDS} ]; do
+             end=$(( $(cut -d. -f1 /proc/uptime) + {BUSY_SECONDS} ))
+             while [ $r -lt 4 ] || [ $(cut -d. -f1 /proc/uptime) -lt $end ]; do
                  fio --name=r$r --filename=/dev/vda --ioengine=libaio --direct=1 \
                      --iodepth=32 --iodepth_batch_submit=32 --iodepth_batch_complete_min=8 \
                      --rw=randwrite --bsrange=16k-256k --offset=$(( (r % 4) * 16 ))M \
