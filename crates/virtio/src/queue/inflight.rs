@@ -107,6 +107,9 @@ pub enum InflightError {
         /// Entries expected.
         expected: u16,
     },
+    /// The region's positions or lists do not fit the queue (it was overwritten).
+    #[error("Inflight region is inconsistent: {0}")]
+    Corrupt(&'static str),
     /// The queue is not set up (addresses, size) or its rings are not in guest memory.
     #[error("Queue rings are not readable in guest memory")]
     Rings,
@@ -555,6 +558,11 @@ impl Inflight {
         }
         let free = r.load_u16(OLD_FREE_HEAD);
         let used = (r.load_u16(OLD_USED_IDX), r.load_u8(OLD_USED_WRAP) != 0);
+        if used.0 >= n || free > n {
+            return Err(InflightError::Corrupt(
+                "used position or free list head out of range",
+            ));
+        }
         r.put_u16(FREE_HEAD, free);
         r.put_u16(USED_IDX, used.0);
         r.put_u8(USED_WRAP, u8::from(used.1));

@@ -281,3 +281,55 @@ fn killed_at_every_store_loses_and_repeats_nothing() {
         assert!(points > 30, "only {points} kill points");
     });
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    /// The region lives in memory the frontend can write: whatever it holds, attaching it
+    /// either fails with an error or yields a queue that pops a bounded number of chains
+    /// (never more than the ring holds, each completed once) without panicking.
+    #[test]
+    fn a_corrupted_region_never_panics_or_loops(
+        packed in proptest::bool::ANY,
+        bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2200),
+        keep_header in proptest::bool::ANY,
+        chains in 0usize..8,
+    ) {
+        let mut d = MockDriver::with_memory(32, feats(packed), MEM);
+        let mem = d.mem().clone();
+        let region = InflightRegion::anonymous(32);
+        {
+            let mut q = d.device_queue();
+            q.set_inflight(region.share(), &mem).unwrap();
+            add_chains(&mut d, chains);
+            for id in pop_ids(&mut q, &mem, 99).into_iter().step_by(2) {
+                q.add_used(id, 1);
+            }
+            q.publish_used();
+        }
+        let mut image = region.snapshot();
+        for (i, b) in bytes.iter().enumerate() {
+            let at = if keep_header { i + 16 } else { i };
+            if let Some(x) = image.get_mut(at) {
+                *x = *b;
+            }
+        }
+        region.restore_snapshot(&image);
+        let mut q = restarted_queue(&d);
+        if q.set_inflight(region.share(), &mem).is_ok() {
+            // A queue error (the ring positions make no sense) is allowed; a panic is not.
+            let mut popped = Vec::new();
+            while let Ok(Some(c)) = q.pop(&mem) {
+                popped.push(c.id());
+                if popped.len() > 64 {
+                    break;
+                }
+            }
+            proptest::prop_assert!(popped.len() <= 64, "{} chains popped", popped.len());
+            for id in popped {
+                q.add_used(id, 0);
+            }
+            q.publish_used();
+        }
+    }
+}
