@@ -16,7 +16,7 @@ use oxio_vhost_user::{Daemon, Shutdown};
 use oxio_virtio::device::{features, ActiveQueue, DeviceError};
 use oxio_virtio::mock::{Buf, MockDriver, MockLayout, Placement};
 use oxio_virtio::{GuestMemory, Interrupt, QueueState, RingFeatures, VirtioDevice};
-use vhost::vhost_user::message::VhostUserConfigFlags;
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserInflight};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
@@ -184,6 +184,21 @@ fn halves(guest: &Guest) -> [VhostUserMemoryRegionInfo; 2] {
 
 /// `set_up`, with the memory sent region by region (ADD_MEM_REG) if `slots`.
 fn set_up_with(frontend: &mut Frontend, guest: &Guest, bases: [u16; 2], slots: bool) -> Vrings {
+    set_up_full(frontend, guest, bases, slots, None)
+}
+
+/// The inflight region a frontend keeps across backend restarts (QEMU asks for it once).
+type Inflight = Option<(VhostUserInflight, File)>;
+
+/// `set_up_with`, and with `inflight`, QEMU's order for INFLIGHT_SHMFD: GET_INFLIGHT_FD the
+/// first time (after the features), SET_INFLIGHT_FD every time, before any vring is set up.
+fn set_up_full(
+    frontend: &mut Frontend,
+    guest: &Guest,
+    bases: [u16; 2],
+    slots: bool,
+    inflight: Option<&mut Inflight>,
+) -> Vrings {
     frontend.set_owner().unwrap();
     let offered = frontend.get_features().unwrap();
     assert_ne!(offered & (1 << 30), 0, "PROTOCOL_FEATURES offered");
@@ -203,6 +218,15 @@ fn set_up_with(frontend: &mut Frontend, guest: &Guest, bases: [u16; 2], slots: b
             | VhostUserProtocolFeatures::RESET_DEVICE
     ));
     frontend.set_protocol_features(proto).unwrap();
+    if let Some(region) = inflight {
+        assert!(proto.contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD));
+        if region.is_none() {
+            let ask = VhostUserInflight::new(0, 0, 2, QSIZE);
+            *region = Some(frontend.get_inflight_fd(&ask).unwrap());
+        }
+        let (info, file) = region.as_ref().unwrap();
+        frontend.set_inflight_fd(info, file.as_raw_fd()).unwrap();
+    }
     assert_eq!(frontend.get_queue_num().unwrap(), 2);
     let (_, config) = frontend
         .get_config(4, 8, VhostUserConfigFlags::empty(), &[0u8; 8])
@@ -580,6 +604,50 @@ fn memory_regions_added_and_removed_one_by_one() {
     }
     echo_once(&mut guest, &vrings, 1, b"back again");
     echo_once(&mut guest, &vrings, 0, b"both");
+    shutdown.trigger();
+    server.join().unwrap().unwrap();
+    drop(frontend);
+}
+
+#[test]
+fn inflight_region_is_created_zeroed_logged_into_and_handed_back() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vu.sock");
+    let daemon = Arc::new(Daemon::bind(&sock, Echo::default()).unwrap());
+    let shutdown = Shutdown::new().unwrap();
+    let server = {
+        let (d, s) = (daemon.clone(), shutdown.clone());
+        std::thread::spawn(move || d.serve(&s))
+    };
+    let mut guest = Guest::new(false);
+    let mut region: Inflight = None;
+
+    let mut frontend = connect(&sock);
+    let vrings = set_up_full(&mut frontend, &guest, [0, 0], false, Some(&mut region));
+    let (info, file) = region.as_ref().unwrap();
+    let stride = oxio_vhost_user::inflight::stride(QSIZE);
+    assert_eq!((info.num_queues, info.queue_size), (2, QSIZE));
+    assert_eq!(info.mmap_size, 2 * stride);
+    assert_eq!(file.metadata().unwrap().len(), info.mmap_size);
+    echo_once(&mut guest, &vrings, 0, b"logged on queue 0");
+    echo_once(&mut guest, &vrings, 1, b"logged on queue 1");
+    echo_once(&mut guest, &vrings, 0, b"and again");
+    // Each queue's slice was initialised: version 1, one entry per descriptor.
+    for q in 0..2 {
+        let mut head = [0u8; 4];
+        file.read_exact_at(&mut head, q * stride + 8).unwrap();
+        assert_eq!(head, [1, 0, u8::try_from(QSIZE).unwrap(), 0], "queue {q}");
+    }
+    drop(frontend); // gone without GET_VRING_BASE, like a backend crash seen from QEMU
+
+    // The next frontend hands the same region back with stale bases (QEMU sends the used
+    // index after a crash, or anything): the region and the used ring say where to resume.
+    let mut frontend = connect(&sock);
+    let vrings = set_up_full(&mut frontend, &guest, [0, 0], false, Some(&mut region));
+    echo_once(&mut guest, &vrings, 1, b"resumed on queue 1");
+    echo_once(&mut guest, &vrings, 0, b"resumed on queue 0");
+    assert_eq!(daemon.backend().lock().unwrap().resubmitted(), 0);
     shutdown.trigger();
     server.join().unwrap().unwrap();
     drop(frontend);
