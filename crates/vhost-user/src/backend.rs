@@ -8,7 +8,7 @@
 //! that set, the memory table or the features change, the device is stopped, each queue's
 //! position is kept, and the device is started again with the new set.
 //!
-//! The requests themselves are dispatched by [`handler`], which implements the `vhost`
+//! The requests themselves are dispatched by `handler`, which implements the `vhost`
 //! crate's request trait on top of this type.
 
 mod handler;
