@@ -484,6 +484,7 @@ impl Link {
             self.last_nak = Some((seq_ack, now));
             self.replay_due = true;
             self.probe_only = false;
+            self.recovering = false;
         }
         substantive
     }
