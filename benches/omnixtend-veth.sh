@@ -7,6 +7,9 @@
 #       moving frames of the same sizes in the same pattern through the same batched socket
 #       code, with no protocol work; and
 #   (b) one request outstanding at a time (the seed oxmem-nbd's original design): --depth 1.
+# The probe keeps --depth requests in flight by issuing the next one from each completion
+# callback on the requester's I/O thread (`--resubmit callback`, its default); the node and the
+# probe log their link counters (frames, ACK_only, replays, timeouts) with RUST_LOG=info.
 # Each measurement is repeated ROUNDS times, interleaved, and the median is reported (the
 # machine is shared). Prints a Markdown table of MB/s and ratios; raw values go to stderr.
 # Usage: benches/omnixtend-veth.sh [SECONDS_PER_MEASUREMENT=2] [ROUNDS=3]
