@@ -115,8 +115,10 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// Runs every workload in a guest; `pid` is the daemon, whose CPU time is sampled around
-/// each workload.
-fn measure(name: &str, sock: &Path, seconds: u32, pid: u32) -> Vec<Figures> {
+/// each workload. `None` when the guest stopped making progress (its I/O hung): the guest is
+/// killed and the round is reported as hung instead of ending the whole run, because such
+/// hangs were seen with both daemons (see docs/performance.md).
+fn measure(name: &str, sock: &Path, seconds: u32, pid: u32) -> Option<Vec<Figures>> {
     let mut chardev = OsString::from("socket,id=vu0,path=");
     chardev.push(sock);
     // Besides throughput, count the guest's interrupts per completed request: a device that
@@ -147,18 +149,17 @@ fn measure(name: &str, sock: &Path, seconds: u32, pid: u32) -> Vec<Figures> {
         .spawn()
         .unwrap();
     let limit = Duration::from_secs(u64::from(seconds) * 4 + 120);
-    let cpu: Vec<f64> = (0..workloads().len())
-        .map(|i| {
-            running
-                .wait_for_serial(&format!("OXIO-MARK start{i}\n"), limit)
-                .unwrap();
-            let before = cpu_seconds(pid);
-            running
-                .wait_for_serial(&format!("BENCH {i} "), limit)
-                .unwrap();
-            cpu_seconds(pid) - before
-        })
-        .collect();
+    let mut cpu = Vec::new();
+    for (i, (w, _)) in workloads().iter().enumerate() {
+        let started = running.wait_for_serial(&format!("OXIO-MARK start{i}\n"), limit);
+        let before = cpu_seconds(pid);
+        let done = started.and_then(|()| running.wait_for_serial(&format!("BENCH {i} "), limit));
+        if let Err(e) = done {
+            eprintln!("{name}: HUNG in {w}: no result within {limit:?}; guest killed ({e:?})");
+            return None;
+        }
+        cpu.push(cpu_seconds(pid) - before);
+    }
     let outcome = running.wait().unwrap();
     outcome.expect_pass().unwrap();
     let log = &outcome.serial;
@@ -183,7 +184,8 @@ fn measure(name: &str, sock: &Path, seconds: u32, pid: u32) -> Vec<Figures> {
                 cpu_us_per_req: cpu[i] * 1e6 / requests,
             }
         })
-        .collect()
+        .collect::<Vec<_>>()
+        .into()
 }
 
 /// Median of `v` (the mean of the middle two for an even count).
@@ -254,14 +256,19 @@ fn vhost_user_blk_guest_fio_oxio_vs_qemu_storage_daemon() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (w, (name, _)) in workloads().iter().enumerate() {
-        let col = |runs: &[Vec<Figures>], f: fn(&Figures) -> f64| {
-            median(runs.iter().map(|r| f(&r[w])).collect())
+        // Medians over the rounds that completed; a hung round has no figures.
+        let col = |runs: &[Option<Vec<Figures>>], f: fn(&Figures) -> f64| {
+            median(runs.iter().flatten().map(|r| f(&r[w])).collect())
         };
         let (a_iops, b_iops) = (col(&ours, |f| f.iops), col(&theirs, |f| f.iops));
         let per_round: Vec<String> = ours
             .iter()
             .zip(&theirs)
-            .map(|(a, b)| format!("{:.2}", a[w].iops / b[w].iops.max(1.0)))
+            .map(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => format!("{:.2}", a[w].iops / b[w].iops.max(1.0)),
+                (None, _) => "oxio-hung".into(),
+                (_, None) => "qsd-hung".into(),
+            })
             .collect();
         println!(
             "| {name} | {:.1} | {a_iops:.0} | {:.2} | {:.1} | {:.1} | {b_iops:.0} | {:.2} | {:.1} \
@@ -276,4 +283,11 @@ fn vhost_user_blk_guest_fio_oxio_vs_qemu_storage_daemon() {
             per_round.join(" "),
         );
     }
+    let hung = |runs: &[Option<Vec<Figures>>]| runs.iter().filter(|r| r.is_none()).count();
+    println!(
+        "\nguest runs that hung (no result within the limit, excluded from the medians): \
+         oxio {} of {rounds}, qemu-storage-daemon {} of {rounds}",
+        hung(&ours),
+        hung(&theirs)
+    );
 }
