@@ -10,6 +10,8 @@
 # The probe keeps --depth requests in flight by issuing the next one from each completion
 # callback on the requester's I/O thread (`--resubmit callback`, its default); the node and the
 # probe log their link counters (frames, ACK_only, replays, timeouts) with RUST_LOG=info.
+# The node runs with --prefault (memory allocated and faulted in at start, as a hardware node's
+# DRAM is always there), so write runs do not pay first-touch page faults the ceiling never pays.
 # Each measurement is repeated ROUNDS times, interleaved, and the median is reported (the
 # machine is shared). Prints a Markdown table of MB/s and ratios; raw values go to stderr.
 # Usage: benches/omnixtend-veth.sh [SECONDS_PER_MEASUREMENT=2] [ROUNDS=3]
@@ -67,7 +69,7 @@ for cfg in "1500 1024" "9000 8192"; do
         # Reads: a small frame of coalesced Gets out (16 per frame), 16 AccessAckData frames back.
         V[cr]+=" $(A "$RAW" blast va $NODE_MAC 302 $ACKDATA 16 8 "$SECS" 0 | json 'd["payload_mb_per_s"]')"
         stop_bg
-        start_bg "$OXIO" memory-node --netdev vb --size 256M --stats-interval 0
+        start_bg "$OXIO" memory-node --netdev vb --size 256M --prefault --stats-interval 0
         for depth in 128 1; do
             OUT=$(A "$OXIO" omnixtend probe --netdev va --mac $NODE_MAC --size 256M --block "$XFER" \
                 --depth $depth --seconds "$SECS" --json 2>/dev/null)
