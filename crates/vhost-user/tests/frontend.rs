@@ -319,16 +319,51 @@ fn connect(path: &std::path::Path) -> Frontend {
     Frontend::connect(path, 2).unwrap()
 }
 
+/// A daemon serving an [`Echo`] device on a fresh socket, on its own thread.
+struct Served {
+    _dir: tempfile::TempDir,
+    sock: std::path::PathBuf,
+    daemon: Arc<Daemon<Echo>>,
+    shutdown: Shutdown,
+    server: JoinHandle<Result<(), oxio_vhost_user::DaemonError>>,
+}
+
+impl Served {
+    fn start() -> Served {
+        Served::start_with(|d| d)
+    }
+
+    /// `configure` adjusts the daemon before it starts serving.
+    fn start_with(configure: impl FnOnce(Daemon<Echo>) -> Daemon<Echo>) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("vu.sock");
+        let daemon = Arc::new(configure(Daemon::bind(&sock, Echo::default()).unwrap()));
+        let shutdown = Shutdown::new().unwrap();
+        let server = {
+            let (d, s) = (daemon.clone(), shutdown.clone());
+            std::thread::spawn(move || d.serve(&s))
+        };
+        Served {
+            _dir: dir,
+            sock,
+            daemon,
+            shutdown,
+            server,
+        }
+    }
+
+    /// Shuts the daemon down and checks that it returned cleanly.
+    fn stop(self) -> Arc<Daemon<Echo>> {
+        self.shutdown.trigger();
+        self.server.join().unwrap().unwrap();
+        self.daemon
+    }
+}
+
 #[test]
 fn serves_two_queues_and_resumes_after_reconnection() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vu.sock");
-    let daemon = Arc::new(Daemon::bind(&sock, Echo::default()).unwrap());
-    let shutdown = Shutdown::new().unwrap();
-    let server = {
-        let (d, s) = (daemon.clone(), shutdown.clone());
-        std::thread::spawn(move || d.serve(&s))
-    };
+    let served = Served::start();
+    let (sock, daemon) = (served.sock.clone(), served.daemon.clone());
     let mut guest = Guest::new(false);
 
     let mut frontend = connect(&sock);
@@ -356,22 +391,15 @@ fn serves_two_queues_and_resumes_after_reconnection() {
         2
     );
 
-    shutdown.trigger();
-    server.join().unwrap().unwrap();
+    served.stop();
     assert!(daemon.backend().lock().unwrap().running_queues().is_empty());
     drop(frontend);
 }
 
 #[test]
 fn refuses_unoffered_features_and_bad_vrings_without_dying() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vu.sock");
-    let daemon = Arc::new(Daemon::bind(&sock, Echo::default()).unwrap());
-    let shutdown = Shutdown::new().unwrap();
-    let server = {
-        let (d, s) = (daemon.clone(), shutdown.clone());
-        std::thread::spawn(move || d.serve(&s))
-    };
+    let served = Served::start();
+    let sock = served.sock.clone();
     let mut frontend = connect(&sock);
     frontend.set_owner().unwrap();
     frontend.get_features().unwrap();
@@ -398,20 +426,13 @@ fn refuses_unoffered_features_and_bad_vrings_without_dying() {
         features::VERSION_1
     );
     drop(frontend);
-    shutdown.trigger();
-    server.join().unwrap().unwrap();
+    served.stop();
 }
 
 #[test]
 fn packed_rings_report_wrap_counters_and_resume() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vu.sock");
-    let daemon = Arc::new(Daemon::bind(&sock, Echo::default()).unwrap());
-    let shutdown = Shutdown::new().unwrap();
-    let server = {
-        let (d, s) = (daemon.clone(), shutdown.clone());
-        std::thread::spawn(move || d.serve(&s))
-    };
+    let served = Served::start();
+    let sock = served.sock.clone();
     let mut guest = Guest::new(true);
     let mut frontend = connect(&sock);
     let vrings = set_up(&mut frontend, &guest, [0x8000, 0x8000]); // slot 0, wrap counter 1
@@ -428,22 +449,15 @@ fn packed_rings_report_wrap_counters_and_resume() {
     echo_once(&mut guest, &vrings, 0, b"four, after reconnecting");
     echo_once(&mut guest, &vrings, 1, b"and queue 1");
     assert_eq!(frontend.get_vring_base(0).unwrap(), 0x8004_8004);
-    shutdown.trigger();
-    server.join().unwrap().unwrap();
+    served.stop();
     drop(frontend);
 }
 
 #[test]
 fn garbage_from_a_frontend_ends_only_that_session() {
     use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vu.sock");
-    let daemon = Arc::new(Daemon::bind(&sock, Echo::default()).unwrap());
-    let shutdown = Shutdown::new().unwrap();
-    let server = {
-        let (d, s) = (daemon.clone(), shutdown.clone());
-        std::thread::spawn(move || d.serve(&s))
-    };
+    let served = Served::start();
+    let (sock, daemon) = (served.sock.clone(), served.daemon.clone());
     let junk: [&[u8]; 4] = [
         // An unknown request code with version 1 and no payload.
         &[0xff, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
@@ -476,8 +490,7 @@ fn garbage_from_a_frontend_ends_only_that_session() {
             .load(std::sync::atomic::Ordering::Relaxed),
         6
     );
-    shutdown.trigger();
-    server.join().unwrap().unwrap();
+    served.stop();
     drop(frontend);
 }
 
@@ -485,14 +498,8 @@ fn garbage_from_a_frontend_ends_only_that_session() {
 fn an_enabled_vring_the_driver_never_set_up_is_left_out() {
     // QEMU with num-queues=2 and a guest that uses one queue: vring 1 gets SET_VRING_ENABLE
     // but never addresses or a kick fd. The device must run vring 0 alone.
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vu.sock");
-    let daemon = Arc::new(Daemon::bind(&sock, Echo::default()).unwrap());
-    let shutdown = Shutdown::new().unwrap();
-    let server = {
-        let (d, s) = (daemon.clone(), shutdown.clone());
-        std::thread::spawn(move || d.serve(&s))
-    };
+    let served = Served::start();
+    let (sock, daemon) = (served.sock.clone(), served.daemon.clone());
     let mut guest = Guest::new(false);
     let mut frontend = connect(&sock);
     frontend.set_owner().unwrap();
@@ -540,25 +547,15 @@ fn an_enabled_vring_the_driver_never_set_up_is_left_out() {
     frontend.set_vring_enable(1, true).unwrap();
     echo_once(&mut guest, &vrings, 0, b"only queue 0");
     assert_eq!(daemon.backend().lock().unwrap().running_queues(), &[0]);
-    shutdown.trigger();
-    server.join().unwrap().unwrap();
+    served.stop();
     drop(frontend);
 }
 
 #[test]
 fn a_frontend_that_stalls_mid_message_loses_its_session() {
     use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vu.sock");
-    let daemon = Daemon::bind(&sock, Echo::default())
-        .unwrap()
-        .with_message_timeout(Duration::from_millis(200));
-    let daemon = Arc::new(daemon);
-    let shutdown = Shutdown::new().unwrap();
-    let server = {
-        let (d, s) = (daemon.clone(), shutdown.clone());
-        std::thread::spawn(move || d.serve(&s))
-    };
+    let served = Served::start_with(|d| d.with_message_timeout(Duration::from_millis(200)));
+    let sock = served.sock.clone();
     // GET_FEATURES header claiming an 8-byte body that never comes; the socket stays open.
     let mut stalled = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     stalled
@@ -568,21 +565,14 @@ fn a_frontend_that_stalls_mid_message_loses_its_session() {
     frontend.set_owner().unwrap();
     assert_ne!(frontend.get_features().unwrap() & features::VERSION_1, 0);
     drop(frontend);
-    shutdown.trigger();
-    server.join().unwrap().unwrap();
+    served.stop();
     drop(stalled);
 }
 
 #[test]
 fn memory_regions_added_and_removed_one_by_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vu.sock");
-    let daemon = Arc::new(Daemon::bind(&sock, Echo::default()).unwrap());
-    let shutdown = Shutdown::new().unwrap();
-    let server = {
-        let (d, s) = (daemon.clone(), shutdown.clone());
-        std::thread::spawn(move || d.serve(&s))
-    };
+    let served = Served::start();
+    let (sock, daemon) = (served.sock.clone(), served.daemon.clone());
     let mut guest = Guest::new(false);
     let mut frontend = connect(&sock);
     // Each queue's rings and buffers live in its own half, i.e. its own region.
@@ -604,22 +594,15 @@ fn memory_regions_added_and_removed_one_by_one() {
     }
     echo_once(&mut guest, &vrings, 1, b"back again");
     echo_once(&mut guest, &vrings, 0, b"both");
-    shutdown.trigger();
-    server.join().unwrap().unwrap();
+    served.stop();
     drop(frontend);
 }
 
 #[test]
 fn inflight_region_is_created_zeroed_logged_into_and_handed_back() {
     use std::os::unix::fs::FileExt;
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vu.sock");
-    let daemon = Arc::new(Daemon::bind(&sock, Echo::default()).unwrap());
-    let shutdown = Shutdown::new().unwrap();
-    let server = {
-        let (d, s) = (daemon.clone(), shutdown.clone());
-        std::thread::spawn(move || d.serve(&s))
-    };
+    let served = Served::start();
+    let (sock, daemon) = (served.sock.clone(), served.daemon.clone());
     let mut guest = Guest::new(false);
     let mut region: Inflight = None;
 
@@ -648,7 +631,6 @@ fn inflight_region_is_created_zeroed_logged_into_and_handed_back() {
     echo_once(&mut guest, &vrings, 1, b"resumed on queue 1");
     echo_once(&mut guest, &vrings, 0, b"resumed on queue 0");
     assert_eq!(daemon.backend().lock().unwrap().resubmitted(), 0);
-    shutdown.trigger();
-    server.join().unwrap().unwrap();
+    served.stop();
     drop(frontend);
 }
