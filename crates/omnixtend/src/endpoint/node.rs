@@ -256,11 +256,7 @@ impl EndpointCore {
         budget: usize,
         out: &mut dyn FnMut(&[u8]),
     ) -> usize {
-        self.poll_transmit_batch(now, budget, &mut |frames| {
-            for f in frames {
-                out(f);
-            }
-        })
+        self.poll_transmit_batch(now, budget, &mut crate::link::one_by_one(out))
     }
 
     /// [`EndpointCore::poll_transmit`], handing each peer's frames to `out` at once, borrowed

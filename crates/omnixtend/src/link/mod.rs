@@ -24,6 +24,7 @@ mod state;
 mod tests;
 
 pub use credits::{RxCredits, TxCredits};
+pub(crate) use state::one_by_one;
 pub use state::{Link, LinkStats, MessageSink, MessageSource, Received};
 
 use crate::wire::{MacAddr, WireError};

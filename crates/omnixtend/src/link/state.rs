@@ -515,6 +515,16 @@ impl Link {
     }
 }
 
+/// Adapts a per-frame sink to the batch sink of the `poll_transmit_batch` methods, for callers
+/// that take frames one at a time.
+pub(crate) fn one_by_one<'a>(out: &'a mut dyn FnMut(&[u8])) -> impl FnMut(&[&[u8]]) + 'a {
+    move |frames| {
+        for f in frames {
+            out(f);
+        }
+    }
+}
+
 // Transmit side.
 impl Link {
     /// Emits up to `budget` frames through `out`: replays first, then new frames carrying
@@ -527,11 +537,7 @@ impl Link {
         budget: usize,
         out: &mut dyn FnMut(&[u8]),
     ) -> usize {
-        self.poll_transmit_batch(now, src, budget, &mut |frames| {
-            for f in frames {
-                out(f);
-            }
-        })
+        self.poll_transmit_batch(now, src, budget, &mut one_by_one(out))
     }
 
     /// [`Link::poll_transmit`], handing every frame of this turn to `out` at once, borrowed

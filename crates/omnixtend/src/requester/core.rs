@@ -214,11 +214,7 @@ impl RequesterCore {
         budget: usize,
         out: &mut dyn FnMut(&[u8]),
     ) -> usize {
-        self.poll_transmit_batch(now, budget, &mut |frames| {
-            for f in frames {
-                out(f);
-            }
-        })
+        self.poll_transmit_batch(now, budget, &mut crate::link::one_by_one(out))
     }
 
     /// [`RequesterCore::poll_transmit`], handing the turn's frames to `out` at once, borrowed
