@@ -9,11 +9,14 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use oxio_block::file::{FileBackend, FileOptions};
 use oxio_block::memory::MemoryBackend;
 use oxio_block::SharedBackend;
-use oxio_nbd::server::{serve_transmission_blocking, Export, Shutdown, TransmissionMode};
+use oxio_nbd::server::{
+    serve_transmission_blocking, ConnStats, Export, Shutdown, TransmissionMode,
+};
 use oxio_nbd::wire::{cflags, Command, RequestHeader, SimpleReply};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -59,7 +62,13 @@ fn batch(rng: &mut ChaCha8Rng) -> Vec<Op> {
 }
 
 fn run(backend: SharedBackend, seed: u64) {
-    let export = Arc::new(Export::new("", backend));
+    run_polling(backend, seed, Duration::ZERO);
+}
+
+/// Runs the model with busy-polling of up to `poll` per wait; returns the connection's
+/// statistics.
+fn run_polling(backend: SharedBackend, seed: u64, poll: Duration) -> ConnStats {
+    let export = Arc::new(Export::new("", backend).busy_poll(poll));
     let (mut client, server_end) = UnixStream::pair().unwrap();
     let server = thread::spawn(move || {
         serve_transmission_blocking(
@@ -147,7 +156,9 @@ fn run(backend: SharedBackend, seed: u64) {
     }
     .emit(&mut disc, false);
     client.write_all(&disc).unwrap();
-    assert!(server.join().unwrap().clean_disconnect);
+    let stats = server.join().unwrap();
+    assert!(stats.clean_disconnect);
+    stats
 }
 
 #[test]
@@ -171,4 +182,30 @@ fn file_backend_matches_the_model() {
             seed,
         );
     }
+}
+
+/// The same model with busy-polling on: every read goes through the polling path first
+/// (non-blocking `readv`, then the adaptive window), on inline and asynchronous backends.
+#[test]
+fn busy_polling_connections_match_the_model() {
+    let poll = Duration::from_micros(200);
+    let mut waits = 0;
+    for seed in 20..22 {
+        let s = run_polling(
+            Arc::new(MemoryBackend::new(SIZE as u64).unwrap()),
+            seed,
+            poll,
+        );
+        waits += s.poll_hits + s.poll_sleeps;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(SIZE as u64)
+        .unwrap();
+    let file = FileBackend::open(&path, FileOptions::default()).unwrap();
+    let s = run_polling(Arc::new(file), 22, poll);
+    waits += s.poll_hits + s.poll_sleeps;
+    assert!(waits > 0, "the connections waited through the polling path");
 }

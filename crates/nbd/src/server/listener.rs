@@ -330,7 +330,7 @@ async fn connection<S: Transport>(
     tracing::debug!(%peer, export, mode = ?n.mode, "client connected");
     match serve_transmission(stream, n.export, n.mode, shutdown).await {
         Ok(s) => {
-            tracing::debug!(%peer, export, requests = s.requests, errors = s.errors, "client disconnected")
+            tracing::debug!(%peer, export, requests = s.requests, errors = s.errors, poll_hits = s.poll_hits, poll_sleeps = s.poll_sleeps, "client disconnected")
         }
         Err(e) => tracing::info!(%peer, export, error = %e, "connection ended with an error"),
     }

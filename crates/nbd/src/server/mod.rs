@@ -13,6 +13,7 @@
 //! [`TransmissionMode::simple`] and the flags from [`Export::transmission_flags`].
 
 mod block_status;
+mod busy_poll;
 mod export;
 mod handshake;
 mod listener;

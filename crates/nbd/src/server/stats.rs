@@ -135,6 +135,10 @@ pub struct ConnStats {
     pub bytes_written: u64,
     /// The client ended with `NBD_CMD_DISC` (rather than closing or being cut off).
     pub clean_disconnect: bool,
+    /// Waits for requests that busy-polling ended (data came while polling)...
+    pub poll_hits: u64,
+    /// ...and waits that polled (or could have) but still had to sleep.
+    pub poll_sleeps: u64,
 }
 
 #[cfg(test)]

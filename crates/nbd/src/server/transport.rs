@@ -6,6 +6,7 @@
 //! (in-memory pipes, test doubles) fill the first slice.
 
 use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -28,6 +29,12 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
             .poll_read(cx, &mut rb)
             .map_ok(|()| rb.filled().len())
     }
+
+    /// The stream's non-blocking socket, when it has one: the server may then poll it with
+    /// plain `readv` calls before waiting for readiness (see `BusyPoll`).
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 macro_rules! socket_transport {
@@ -46,6 +53,10 @@ macro_rules! socket_transport {
                         r => return Poll::Ready(r),
                     }
                 }
+            }
+
+            fn raw_fd(&self) -> Option<RawFd> {
+                Some(self.as_raw_fd())
             }
         }
     };

@@ -88,6 +88,12 @@ pub struct ServeArgs {
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Let a busy connection poll its socket for up to this many microseconds before it
+    /// sleeps (adaptive: an idle connection does not poll; only as many connections poll as
+    /// there are worker threads, and never on every CPU). Saves the client a wake-up per
+    /// request at high rates; 0 turns polling off.
+    #[arg(long, default_value_t = 50, value_name = "MICROSECONDS")]
+    pub poll_us: u64,
 }
 
 /// `--engine` values.
@@ -142,7 +148,8 @@ fn exports(args: &ServeArgs) -> Result<ExportSet, CmdError> {
         let description = backend.describe();
         let mut export = Export::new(name, backend)
             .read_only(args.read_only)
-            .min_block_size(args.min_block_size);
+            .min_block_size(args.min_block_size)
+            .busy_poll(std::time::Duration::from_micros(args.poll_us.min(10_000)));
         export = export.description(args.description.clone().unwrap_or(description));
         list.push(Arc::new(export));
     }

@@ -15,7 +15,7 @@
 //! storage by `writev` (large ones). The kernel's socket copy is then the only copy.
 
 use std::future::{poll_fn, Future};
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,8 +23,9 @@ use std::task::{Context, Poll};
 
 use oxio_block::{BlockError, BlockQueue, Completion, IoBuf, Op, Request};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 
+use super::busy_poll::BusyPoll;
 use super::export::{Export, TransmissionMode};
 use super::outbox::{Outbox, ReplyTo, INLINE_DATA_MAX};
 use super::stats::ConnStats;
@@ -148,6 +149,7 @@ struct Conn {
     submitted: bool,
     /// The next read into the read buffer asks for one request header only.
     header_only: bool,
+    busy: BusyPoll,
 }
 
 impl Conn {
@@ -167,6 +169,7 @@ impl Conn {
             SIMPLE_REQUEST_LEN
         };
         Ok(Conn {
+            busy: BusyPoll::new(export.busy_poll_max()),
             export,
             mode,
             hdr_len,
@@ -219,6 +222,8 @@ impl Conn {
 
     fn finish(&mut self) -> Result<()> {
         self.stats.clean_disconnect = self.disc;
+        self.stats.poll_hits = self.busy.hits;
+        self.stats.poll_sleeps = self.busy.sleeps;
         let mid_request = !matches!(self.state, ReadState::Header) || self.rstart != self.rend;
         if self.eof && mid_request && !self.stopping {
             return Err(ServerError::Protocol(
@@ -329,27 +334,24 @@ impl Conn {
         cx: &mut Context<'_>,
         stream: &mut S,
     ) -> Poll<io::Result<usize>> {
+        let idle = self.out.is_empty() && self.queue.in_flight() == 0 && !self.stopping;
+        let busy = &mut self.busy;
         if let ReadState::Payload { buf, filled, .. } = &mut self.state {
-            let mut rb = ReadBuf::new(&mut buf[*filled..]);
-            return Pin::new(stream)
-                .poll_read(cx, &mut rb)
-                .map_ok(|()| rb.filled().len());
+            let mut iov = [IoSliceMut::new(&mut buf[*filled..])];
+            return read_polling(busy, idle, stream, cx, &mut iov);
         }
         if let ReadState::Direct { h, filled } = self.state {
             if let Some(direct) = self.export.backend().direct() {
                 let mut blocked = false;
-                let stored =
-                    direct.write_with(
-                        h.offset + filled,
-                        h.length - filled,
-                        &mut |iov| match stream.poll_read_vectored(cx, iov) {
-                            Poll::Ready(r) => r,
-                            Poll::Pending => {
-                                blocked = true;
-                                Ok(0)
-                            }
-                        },
-                    );
+                let stored = direct.write_with(h.offset + filled, h.length - filled, &mut |iov| {
+                    match read_polling(busy, idle, stream, cx, iov) {
+                        Poll::Ready(r) => r,
+                        Poll::Pending => {
+                            blocked = true;
+                            Ok(0)
+                        }
+                    }
+                });
                 match stored {
                     Ok(_) if blocked => return Poll::Pending,
                     Ok(r) => return Poll::Ready(r),
@@ -378,10 +380,8 @@ impl Conn {
         } else {
             self.rbuf.len()
         };
-        let mut rb = ReadBuf::new(&mut self.rbuf[self.rend..end]);
-        Pin::new(stream)
-            .poll_read(cx, &mut rb)
-            .map_ok(|()| rb.filled().len())
+        let mut iov = [IoSliceMut::new(&mut self.rbuf[self.rend..end])];
+        read_polling(&mut self.busy, idle, stream, cx, &mut iov)
     }
 
     fn received(&mut self, n: usize) {
@@ -716,3 +716,28 @@ impl Conn {
 
 #[cfg(test)]
 mod tests;
+
+/// Reads into `bufs`, first polling the socket for a while when the connection is `idle`
+/// (see [`BusyPoll`]), then through readiness.
+fn read_polling<S: Transport>(
+    busy: &mut BusyPoll,
+    idle: bool,
+    stream: &mut S,
+    cx: &mut Context<'_>,
+    bufs: &mut [IoSliceMut<'_>],
+) -> Poll<io::Result<usize>> {
+    if busy.enabled() {
+        if let Some(fd) = stream.raw_fd() {
+            match busy.try_read(fd, bufs, idle) {
+                Ok(Some(n)) => return Poll::Ready(Ok(n)),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+    let r = stream.poll_read_vectored(cx, bufs);
+    if let Poll::Ready(Ok(_)) = r {
+        busy.read_done();
+    }
+    r
+}
