@@ -77,7 +77,7 @@ workloads=(
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 
-run_fio() { # run_fio SERVER NAME RW BS QD: prints IOPS, MiB/s, server CPU µs per request
+run_fio() { # run_fio SERVER NAME RW BS QD: prints IOPS, MiB/s, server and client CPU µs per request
     local out=$work/$1-$2.json
     local t0; t0=$(cpu_ticks)
     fio --name="$2" --ioengine=nbd --uri="$uri" --rw="$3" --bs="$4" --iodepth="$5" \
@@ -91,7 +91,9 @@ side = job["write" if "write" in sys.argv[2] else "read"]
 # CPU covers the 1 s ramp too; count its requests at the measured rate.
 total = side["total_ios"] * (1 + 1000 / max(job["job_runtime"], 1))
 cpu_us = int(sys.argv[3]) / int(sys.argv[4]) * 1e6
-print(f'{side["iops"]:.0f} {side["bw_bytes"] / 2**20:.1f} {cpu_us / max(total, 1):.2f}')
+# fio's own CPU (user + system, percent of its run time): what the client pays per request.
+client_us = (job["usr_cpu"] + job["sys_cpu"]) / 100 * job["job_runtime"] * 1000 / max(side["total_ios"], 1)
+print(f'{side["iops"]:.0f} {side["bw_bytes"] / 2**20:.1f} {cpu_us / max(total, 1):.2f} {client_us:.2f}')
 EOF
 }
 
@@ -99,7 +101,7 @@ EOF
 # the read and random-write workloads), in a rotating server order so that whatever else the
 # machine does at a given moment does not always hit the same server. The table reports the
 # median of the rounds.
-declare -A iops mibs cpu
+declare -A iops mibs cpu ccpu
 servers=(oxio qemu-nbd nbdkit)
 for round in $(seq "$rounds"); do
     order=("${servers[@]:$(( (round - 1) % 3 ))}" "${servers[@]:0:$(( (round - 1) % 3 ))}")
@@ -111,11 +113,12 @@ for round in $(seq "$rounds"); do
                 fio --name=prefill --ioengine=nbd --uri="$uri" --rw=write --bs=1M --iodepth=8 \
                     --size=256M --output-format=json --output="$work/prefill.json" >/dev/null
             fi
-            read -r i m c < <(run_fio "$s" "$name" "$rw" "$bs" "$qd")
+            read -r i m c cc < <(run_fio "$s" "$name" "$rw" "$bs" "$qd")
             iops[$s,$name]+="$i "
             mibs[$s,$name]+="$m "
             cpu[$s,$name]+="$c "
-            echo "round $round $s $name: $i IOPS, $m MiB/s, server CPU $c us/request" >&2
+            ccpu[$s,$name]+="$cc "
+            echo "round $round $s $name: $i IOPS, $m MiB/s, server CPU $c us/request, client (fio) CPU $cc us/request" >&2
             stop
         done
     done
@@ -126,8 +129,8 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2) 
 echo
 echo "fio ioengine=nbd, ${runtime} s per run, median of $rounds rounds, Unix socket, RAM-backed, $(nproc) CPUs shared by client and server"
 echo
-echo "| workload | oxio IOPS (MiB/s) | qemu-nbd IOPS (MiB/s) | nbdkit memory IOPS (MiB/s) | oxio / qemu-nbd | oxio / nbdkit | server CPU µs/request: oxio / qemu-nbd / nbdkit |"
-echo "|---|---|---|---|---|---|---|"
+echo "| workload | oxio IOPS (MiB/s) | qemu-nbd IOPS (MiB/s) | nbdkit memory IOPS (MiB/s) | oxio / qemu-nbd | oxio / nbdkit | server CPU µs/request: oxio / qemu-nbd / nbdkit | client (fio) CPU µs/request: oxio / qemu-nbd / nbdkit |"
+echo "|---|---|---|---|---|---|---|---|"
 for w in "${workloads[@]}"; do
     read -r name _ <<<"$w"
     args=("$name")
@@ -137,9 +140,12 @@ for w in "${workloads[@]}"; do
     for s in "${servers[@]}"; do
         args+=("$(median <<<"${cpu[$s,$name]}")")
     done
+    for s in "${servers[@]}"; do
+        args+=("$(median <<<"${ccpu[$s,$name]}")")
+    done
     python3 - "${args[@]}" <<'EOF'
 import sys
-n, oi, om, qi, qm, ki, km, oc, qc, kc = sys.argv[1], *map(float, sys.argv[2:])
-print(f"| {n} | {oi:.0f} ({om:.0f}) | {qi:.0f} ({qm:.0f}) | {ki:.0f} ({km:.0f}) | {oi / qi:.2f}x | {oi / ki:.2f}x | {oc:.1f} / {qc:.1f} / {kc:.1f} |")
+n, oi, om, qi, qm, ki, km, oc, qc, kc, ocl, qcl, kcl = sys.argv[1], *map(float, sys.argv[2:])
+print(f"| {n} | {oi:.0f} ({om:.0f}) | {qi:.0f} ({qm:.0f}) | {ki:.0f} ({km:.0f}) | {oi / qi:.2f}x | {oi / ki:.2f}x | {oc:.1f} / {qc:.1f} / {kc:.1f} | {ocl:.1f} / {qcl:.1f} / {kcl:.1f} |")
 EOF
 done
