@@ -284,3 +284,13 @@ fn soak_spec_lanes_at_mtu_9000() {
     let r = soak(2, soak_bytes(8 << 20) / 2, LaneOrder::Spec, 9000);
     assert!(r.to_node.lost > 0);
 }
+
+/// Raw lanes with jumbo frames: the node sends read data straight from its memory (one copy
+/// fewer) and must still replay exactly what it first served, while later writes overwrite
+/// regions whose read responses may not be acknowledged yet.
+#[test]
+fn soak_raw_lanes_at_mtu_9000() {
+    let r = soak(3, soak_bytes(8 << 20), LaneOrder::Raw, 9000);
+    assert!(r.written >= soak_bytes(8 << 20) && r.read >= r.written);
+    assert!(r.to_node.lost > 0 && r.to_req.lost > 0);
+}

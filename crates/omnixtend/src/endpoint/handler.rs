@@ -1,11 +1,19 @@
 //! Executes TileLink requests against the memory region and queues their responses.
 
+use super::lent::Lent;
 use super::memory::Memory;
 use crate::link::{MessageSink, MessageSource, TxCredits};
 use crate::wire::data::{from_wire, to_wire, wire_pos};
 use crate::wire::tilelink::{op_a, op_d, MAX_SIZE};
-use crate::wire::{Channel, FrameBuilder, LaneOrder, Message, MessageHeader, MessageRepr, FLIT};
-use std::collections::VecDeque;
+use crate::wire::{
+    Channel, FrameBuilder, LaneOrder, MacAddr, Message, MessageHeader, MessageRepr, FLIT,
+};
+use std::collections::{HashMap, VecDeque};
+
+/// Read responses of at least this many bytes are sent from the memory region without a copy
+/// (see `lent`); smaller ones are copied into the frame, which costs less than the
+/// bookkeeping.
+pub(crate) const ZERO_COPY_MIN: usize = 2048;
 
 /// A queued response.
 #[derive(Debug, Clone)]
@@ -60,6 +68,11 @@ pub(crate) struct Responses {
 /// The sink a link delivers a peer's requests to.
 pub(crate) struct Executor<'a> {
     pub mem: &'a mut Memory,
+    /// Read payloads lent to every peer's unacknowledged frames (a write saves what it would
+    /// change in them first).
+    pub lent: &'a mut HashMap<MacAddr, Lent>,
+    /// The peer whose requests these are.
+    pub peer: MacAddr,
     pub order: LaneOrder,
     pub out: &'a mut Responses,
     pub stats: &'a mut HandlerStats,
@@ -79,6 +92,12 @@ impl MessageSink for Executor<'_> {
         false
     }
 
+    fn released(&mut self, key: u64) {
+        if let Some(l) = self.lent.get_mut(&self.peer) {
+            l.release(key);
+        }
+    }
+
     fn deliver(&mut self, msg: &Message<'_>) {
         if msg.header.chan != Channel::A {
             self.stats.ignored += 1;
@@ -96,6 +115,13 @@ impl MessageSink for Executor<'_> {
 }
 
 impl Executor<'_> {
+    /// Keeps the bytes of lent read payloads that `len` bytes at `addr` are about to change.
+    fn before_write(&mut self, addr: u64, len: usize) {
+        for l in self.lent.values_mut() {
+            l.before_write(self.mem, addr, len);
+        }
+    }
+
     fn execute(&mut self, msg: &Message<'_>) -> Response {
         let h = msg.header;
         let addr = msg.address.unwrap_or(0);
@@ -153,6 +179,7 @@ impl Executor<'_> {
     fn write(&mut self, msg: &Message<'_>, addr: u64, len: usize) {
         let order = self.order;
         let partial = msg.header.opcode == op_a::PUT_PARTIAL;
+        self.before_write(addr, len);
         let Some(dst) = self.mem.slice_mut(addr, len) else {
             return;
         };
@@ -187,6 +214,7 @@ impl Executor<'_> {
     fn atomic(&mut self, msg: &Message<'_>, addr: u64, len: usize) -> [u8; 8] {
         let mut operand = [0u8; 8];
         from_wire(self.order, addr, msg.payload, &mut operand[..len]);
+        self.before_write(addr, len);
         let Some(mem) = self.mem.slice_mut(addr, len) else {
             return [0; 8];
         };
@@ -258,6 +286,8 @@ fn apply_atomic(opcode: u8, param: u8, len: usize, old: u64, arg: u64) -> u64 {
 /// The source a link takes a peer's responses from.
 pub(crate) struct Responder<'a> {
     pub mem: &'a Memory,
+    /// This peer's read payloads sent from memory.
+    pub lent: &'a mut Lent,
     pub order: LaneOrder,
     pub out: &'a mut Responses,
 }
@@ -280,11 +310,21 @@ impl MessageSource for Responder<'_> {
             let len = 1usize << h.size.min(MAX_SIZE);
             let raw_read = match r {
                 Response::Read { addr, .. } if order == LaneOrder::Raw && len >= FLIT => {
-                    mem.slice(*addr, len)
+                    mem.slice(*addr, len).map(|s| (*addr, s))
                 }
                 _ => None,
             };
-            let pushed = if let Some(src) = raw_read {
+            let pushed = if let Some((addr, src)) =
+                raw_read.filter(|_| len >= ZERO_COPY_MIN && frame.allows_external())
+            {
+                // Sent from the memory region by the transport (see `lent`).
+                let key = self.lent.lend(addr, src.len());
+                let pushed = frame.push_external(&repr, key, src.len());
+                if pushed.is_err() {
+                    self.lent.release(key);
+                }
+                pushed
+            } else if let Some((_, src)) = raw_read {
                 frame.push_data(&repr, src)
             } else {
                 frame.push(&repr, |p| match r {
@@ -314,6 +354,10 @@ impl MessageSource for Responder<'_> {
 
     fn take_released(&mut self) -> [u64; 5] {
         std::mem::take(&mut self.out.released)
+    }
+
+    fn external(&self, key: u64, _len: usize) -> Option<&[u8]> {
+        self.lent.bytes(self.mem, key)
     }
 }
 

@@ -8,8 +8,12 @@
 //! denied set (and corrupt for AccessAckData). Acquire is answered with a denied Grant: the
 //! node offers no coherent caching. A Get whose AccessAckData would not fit a frame is
 //! answered with a denied AccessAck, since a denied AccessAckData must still carry its data.
+//!
+//! Large read responses are sent straight from the memory region (no copy into the frame),
+//! with the bytes first served kept for replays if a write changes them (`lent`).
 
 mod handler;
+mod lent;
 mod memory;
 mod node;
 

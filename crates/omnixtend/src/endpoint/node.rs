@@ -1,6 +1,7 @@
 //! The memory node: peers, their links, request execution, and the serving loop.
 
 use super::handler::{Executor, HandlerStats, Responder, Responses};
+use super::lent::Lent;
 use super::memory::Memory;
 use crate::link::{Compat, Link, LinkConfig, LinkStats, Received};
 use crate::transport::Transport;
@@ -109,6 +110,9 @@ pub struct EndpointCore {
     cfg: EndpointConfig,
     mem: Memory,
     peers: HashMap<MacAddr, Peer>,
+    /// Per peer, read payloads its unacknowledged frames send from `mem` (kept apart from
+    /// `peers` because a write from one peer must check every peer's).
+    lent: HashMap<MacAddr, Lent>,
     stats: EndpointStats,
     max_size: u8,
 }
@@ -121,6 +125,7 @@ impl EndpointCore {
             cfg,
             mem,
             peers: HashMap::new(),
+            lent: HashMap::new(),
             stats: EndpointStats::default(),
             max_size,
         }
@@ -176,6 +181,8 @@ impl EndpointCore {
             peer.last_rx = now;
             let mut exec = Executor {
                 mem: &mut self.mem,
+                lent: &mut self.lent,
+                peer: src,
                 order: self.cfg.lane_order,
                 out: &mut peer.responses,
                 stats: &mut self.stats.handler,
@@ -189,6 +196,7 @@ impl EndpointCore {
                     tracing::info!(peer = %src, "peer reopened its connection; resetting it");
                     peer.link.accept(now);
                     peer.responses = Responses::default();
+                    self.lent.remove(&src);
                     peer.opened_at = now;
                     self.stats.connections += 1;
                 }
@@ -215,6 +223,7 @@ impl EndpointCore {
         match idlest {
             Some((mac, last)) if now.saturating_duration_since(last) >= Duration::from_secs(1) => {
                 tracing::info!(peer = %mac, "peer table full; forgetting the idlest peer");
+                self.lent.remove(&mac);
                 if let Some(p) = self.peers.remove(&mac) {
                     add_link_stats(&mut self.stats.link, &p.link.stats());
                 }
@@ -236,6 +245,7 @@ impl EndpointCore {
         tracing::info!(peer = %src, "connection opened");
         let mut link = Link::new(self.cfg.link_config(src), now);
         link.accept(now);
+        self.lent.remove(&src);
         self.peers.insert(
             src,
             Peer {
@@ -265,12 +275,13 @@ impl EndpointCore {
         &mut self,
         now: Instant,
         budget: usize,
-        out: &mut dyn FnMut(&[&[u8]]),
+        out: &mut crate::link::FrameBatchSink<'_>,
     ) -> usize {
         let mut sent = 0;
-        for peer in self.peers.values_mut() {
+        for (mac, peer) in &mut self.peers {
             let mut src = Responder {
                 mem: &self.mem,
+                lent: self.lent.entry(*mac).or_default(),
                 order: self.cfg.lane_order,
                 out: &mut peer.responses,
             };
@@ -278,6 +289,7 @@ impl EndpointCore {
         }
         let idle_timeout = self.cfg.idle_timeout;
         let retired = &mut self.stats.link;
+        let lent = &mut self.lent;
         self.peers.retain(|mac, p| {
             let done = p.link.peer_closed() && p.link.close_complete();
             let idle = now.saturating_duration_since(p.last_rx) >= idle_timeout;
@@ -288,6 +300,7 @@ impl EndpointCore {
             }
             if done || idle {
                 add_link_stats(retired, &p.link.stats());
+                lent.remove(mac);
             }
             !done && !idle
         });
@@ -361,7 +374,7 @@ pub fn serve_with(
         let now = Instant::now();
         let mut send_err = None;
         let sent = core.poll_transmit_batch(now, BATCH, &mut |frames| {
-            if let Err(e) = transport.send_batch(frames) {
+            if let Err(e) = transport.send_vectored_batch(frames) {
                 send_err.get_or_insert(e);
             }
         });

@@ -30,6 +30,11 @@ pub use state::{Link, LinkStats, MessageSink, MessageSource, Received};
 use crate::wire::{MacAddr, WireError};
 use std::time::Duration;
 
+/// Takes one transmit turn's frames, each as the list of its parts (a frame is its parts
+/// concatenated: the link's buffer with any external payloads in between), for a transport's
+/// [`send_vectored_batch`](crate::transport::Transport::send_vectored_batch).
+pub type FrameBatchSink<'a> = dyn FnMut(&[&[&[u8]]]) + 'a;
+
 /// Implicit credits each side holds per channel before any grant (OmniXtend 1.1).
 pub const DEFAULT_INITIAL_CREDITS: u64 = 128;
 

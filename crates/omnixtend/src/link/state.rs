@@ -4,8 +4,8 @@
 use super::credits::{RxCredits, TxCredits};
 use super::{LinkConfig, LinkError};
 use crate::wire::{
-    Channel, EthernetRepr, Frame, FrameBuilder, Message, MessageType, Seq, TloeHeader,
-    ETHERNET_HEADER_LEN, ETHERTYPE_OMNIXTEND,
+    Channel, EthernetRepr, ExternalData, Frame, FrameBuilder, Message, MessageType, Seq,
+    TloeHeader, ETHERNET_HEADER_LEN, ETHERTYPE_OMNIXTEND,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -21,6 +21,13 @@ pub trait MessageSource {
     /// ([`MessageSink::credits_on_delivery`] false).
     fn take_released(&mut self) -> [u64; 5] {
         [0; 5]
+    }
+    /// The bytes of an [`ExternalData`] payload this source put in a frame with
+    /// [`FrameBuilder::push_external`]: asked each time the frame is sent or replayed, so they
+    /// must stay what they were when the frame was first sent until
+    /// [`MessageSink::released`] reports the frame acknowledged.
+    fn external(&self, _key: u64, _len: usize) -> Option<&[u8]> {
+        None
     }
 }
 
@@ -47,6 +54,9 @@ pub trait MessageSink {
     fn credits_on_delivery(&self) -> bool {
         true
     }
+    /// A frame carrying the [`ExternalData`] named `key` was acknowledged: the link will not
+    /// ask for those bytes again.
+    fn released(&mut self, _key: u64) {}
 }
 
 /// What [`Link::receive`] did with a frame.
@@ -107,6 +117,8 @@ enum State {
 struct TxFrame {
     seq: Seq,
     buf: Vec<u8>,
+    /// Payloads left out of `buf`, supplied by the source when the frame is sent.
+    external: Vec<ExternalData>,
     /// An empty Normal frame sent only to acknowledge (C compatibility).
     pure_ack: bool,
     /// When it was first sent (for round-trip samples).
@@ -128,7 +140,7 @@ pub struct Link {
     next_tx: Seq,
     acked: Seq,
     replay: VecDeque<TxFrame>,
-    pool: Vec<Vec<u8>>,
+    pool: Vec<(Vec<u8>, Vec<ExternalData>)>,
     /// The ACK_only frame of the current transmit turn.
     ack_buf: Vec<u8>,
     replay_due: bool,
@@ -235,7 +247,7 @@ impl Link {
         let cfg = self.cfg.clone();
         let stats = self.stats;
         let mut pool = std::mem::take(&mut self.pool);
-        pool.extend(self.replay.drain(..).map(|f| f.buf));
+        pool.extend(self.replay.drain(..).map(|f| (f.buf, f.external)));
         *self = Link::new(cfg, now);
         self.pool = pool;
         self.stats = stats;
@@ -322,7 +334,7 @@ impl Link {
         match h.msg_type {
             MessageType::AckOnly => {
                 if self.cfg.compat.tolerant_receive || h.seq == self.next_rx {
-                    self.on_ack(now, h.seq_ack, h.ack);
+                    self.on_ack(now, h.seq_ack, h.ack, sink);
                 }
                 return Ok(Received::AckOnly);
             }
@@ -334,7 +346,7 @@ impl Link {
         let in_order = if self.cfg.compat.tolerant_receive {
             self.tolerant_check(h.seq)
         } else {
-            self.strict_check(now, h)
+            self.strict_check(now, h, sink)
         };
         if let Some(other) = in_order {
             return Ok(other);
@@ -351,13 +363,18 @@ impl Link {
     }
 
     /// Strict Go-Back-N check: `None` if in order, else what happened to the frame.
-    fn strict_check(&mut self, now: Instant, h: TloeHeader) -> Option<Received> {
+    fn strict_check(
+        &mut self,
+        now: Instant,
+        h: TloeHeader,
+        sink: &mut dyn MessageSink,
+    ) -> Option<Received> {
         if h.seq == self.next_rx {
             return None;
         }
         // Acknowledgements in a frame we drop still say what the peer received.
         if h.ack {
-            self.on_ack(now, h.seq_ack, true);
+            self.on_ack(now, h.seq_ack, true, sink);
         }
         self.ack_pending = true;
         self.ack_justified = true;
@@ -405,7 +422,7 @@ impl Link {
         frame: Frame<&[u8]>,
         sink: &mut dyn MessageSink,
     ) -> Received {
-        let acked_substantive = self.on_ack(now, h.seq_ack, h.ack);
+        let acked_substantive = self.on_ack(now, h.seq_ack, h.ack, sink);
         self.tx_credits.grant(h.chan, h.credit);
         let mut messages = 0;
         let credit_now = sink.credits_on_delivery();
@@ -447,7 +464,13 @@ impl Link {
 
     /// Applies a cumulative ACK (or NAK) for `seq_ack`. Returns whether it acknowledged a frame
     /// that was more than an empty acknowledgement.
-    fn on_ack(&mut self, now: Instant, seq_ack: Seq, ack: bool) -> bool {
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        seq_ack: Seq,
+        ack: bool,
+        sink: &mut dyn MessageSink,
+    ) -> bool {
         let outstanding = self.next_tx.prev().since(self.acked);
         let newly = seq_ack.since(self.acked);
         if newly > outstanding {
@@ -461,7 +484,10 @@ impl Link {
                 if !f.replayed {
                     sample = Some(now.saturating_duration_since(f.sent_at));
                 }
-                self.pool.push(f.buf);
+                for e in &f.external {
+                    sink.released(e.key);
+                }
+                self.pool.push((f.buf, f.external));
             }
         }
         if let Some(rtt) = sample {
@@ -516,13 +542,45 @@ impl Link {
 }
 
 /// Adapts a per-frame sink to the batch sink of the `poll_transmit_batch` methods, for callers
-/// that take frames one at a time.
-pub(crate) fn one_by_one<'a>(out: &'a mut dyn FnMut(&[u8])) -> impl FnMut(&[&[u8]]) + 'a {
+/// that take frames one at a time as contiguous bytes (a frame in several parts is gathered).
+pub(crate) fn one_by_one<'a>(out: &'a mut dyn FnMut(&[u8])) -> impl FnMut(&[&[&[u8]]]) + 'a {
+    let mut gathered = Vec::new();
     move |frames| {
-        for f in frames {
-            out(f);
+        for parts in frames {
+            if let [whole] = parts {
+                out(whole);
+            } else {
+                gathered.clear();
+                for p in *parts {
+                    gathered.extend_from_slice(p);
+                }
+                out(&gathered);
+            }
         }
     }
+}
+
+/// Stands in for external bytes a source cannot supply (never expected: see
+/// [`MessageSource::external`]), so the frame keeps its length and framing.
+static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+
+/// Appends the parts of `f` as it goes on the wire: its buffer cut at each external payload,
+/// with the payload's bytes from `src` in between.
+fn frame_parts<'a>(f: &'a TxFrame, src: &'a dyn MessageSource, parts: &mut Vec<&'a [u8]>) {
+    let mut pos = 0;
+    for e in &f.external {
+        parts.push(f.buf.get(pos..e.at).unwrap_or_default());
+        let bytes = src
+            .external(e.key, e.len)
+            .filter(|b| b.len() == e.len)
+            .unwrap_or_else(|| {
+                debug_assert!(false, "external payload {:#x} missing", e.key);
+                &ZEROS[..e.len.min(ZEROS.len())]
+            });
+        parts.push(bytes);
+        pos = e.at;
+    }
+    parts.push(f.buf.get(pos..).unwrap_or_default());
 }
 
 // Transmit side.
@@ -541,14 +599,16 @@ impl Link {
     }
 
     /// [`Link::poll_transmit`], handing every frame of this turn to `out` at once, borrowed
-    /// from the link's own buffers (the replay buffer), so a transport can send them with one
-    /// `sendmmsg` and no copy. `out` is not called when there is nothing to send.
+    /// from the link's own buffers (the replay buffer) and, for external payloads
+    /// ([`FrameBuilder::push_external`]), from `src`: each frame is the list of its parts, so a
+    /// transport can send them all with one `sendmmsg` and no copy. `out` is not called when
+    /// there is nothing to send.
     pub fn poll_transmit_batch(
         &mut self,
         now: Instant,
         src: &mut dyn MessageSource,
         budget: usize,
-        out: &mut dyn FnMut(&[&[u8]]),
+        out: &mut crate::link::FrameBatchSink<'_>,
     ) -> usize {
         if self.state != State::Open {
             return 0;
@@ -577,11 +637,26 @@ impl Link {
             sent += 1;
         }
         if sent > 0 {
-            let mut frames: Vec<&[u8]> = Vec::with_capacity(sent);
-            frames.extend(self.replay.range(..replayed).map(|f| &f.buf[..]));
-            frames.extend(self.replay.range(old..).map(|f| &f.buf[..]));
+            let src: &dyn MessageSource = src;
+            let mut parts: Vec<&[u8]> = Vec::with_capacity(sent);
+            let mut ends = Vec::with_capacity(sent);
+            for f in self
+                .replay
+                .range(..replayed)
+                .chain(self.replay.range(old..))
+            {
+                frame_parts(f, src, &mut parts);
+                ends.push(parts.len());
+            }
             if ack_only {
-                frames.push(&self.ack_buf);
+                parts.push(&self.ack_buf);
+                ends.push(parts.len());
+            }
+            let mut frames: Vec<&[&[u8]]> = Vec::with_capacity(ends.len());
+            let mut start = 0;
+            for end in ends {
+                frames.push(&parts[start..end]);
+                start = end;
             }
             out(&frames);
         }
@@ -673,8 +748,14 @@ impl Link {
         let (seq_ack, ack) = self.ack_fields();
         let ack = ack && msg_type != MessageType::Open;
         let mut header = TloeHeader::new(msg_type, self.next_tx, seq_ack, ack);
-        let mut buf = self.pool.pop().unwrap_or_default();
-        let mut b = FrameBuilder::new(&mut buf, &self.eth, &header, self.cfg.max_frame_len);
+        let (mut buf, mut external) = self.pool.pop().unwrap_or_default();
+        let mut b = FrameBuilder::with_external(
+            &mut buf,
+            &mut external,
+            &self.eth,
+            &header,
+            self.cfg.max_frame_len,
+        );
         if msg_type == MessageType::Normal && self.open_step == 2 {
             src.fill(&mut b, &mut self.tx_credits);
         }
@@ -690,7 +771,7 @@ impl Link {
             || self.rx_credits.urgent()
             || ack_frame;
         if !wanted {
-            self.pool.push(buf);
+            self.pool.push((buf, external));
             return None;
         }
         let grant = match self.open_step {
@@ -713,6 +794,7 @@ impl Link {
         let frame = TxFrame {
             seq: self.next_tx,
             buf,
+            external,
             pure_ack,
             sent_at: now,
             replayed: false,

@@ -223,7 +223,7 @@ impl RequesterCore {
         &mut self,
         now: Instant,
         budget: usize,
-        out: &mut dyn FnMut(&[&[u8]]),
+        out: &mut crate::link::FrameBatchSink<'_>,
     ) -> usize {
         self.inner.now = now;
         if now >= self.next_check {

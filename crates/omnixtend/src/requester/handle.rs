@@ -206,7 +206,7 @@ impl Io {
         let mut err = None;
         let transport = &mut self.transport;
         let sent = self.core.poll_transmit_batch(now, BATCH, &mut |frames| {
-            if let Err(e) = transport.send_batch(frames) {
+            if let Err(e) = transport.send_vectored_batch(frames) {
                 err.get_or_insert(e);
             }
         });

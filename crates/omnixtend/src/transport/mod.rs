@@ -55,6 +55,25 @@ pub trait Transport: Send {
         }
         Ok(())
     }
+    /// [`Transport::send_batch`] for frames given as lists of parts (a frame is its parts
+    /// concatenated), as [`crate::link::Link::poll_transmit_batch`] hands them out: a transport
+    /// that can gather sends each frame from its parts with no copy; the default gathers each
+    /// frame into one buffer first. `flush` is still needed after.
+    fn send_vectored_batch(&mut self, frames: &[&[&[u8]]]) -> io::Result<()> {
+        let mut whole = Vec::new();
+        for parts in frames {
+            if let [one] = parts {
+                self.send(one)?;
+            } else {
+                whole.clear();
+                for p in *parts {
+                    whole.extend_from_slice(p);
+                }
+                self.send(&whole)?;
+            }
+        }
+        Ok(())
+    }
     /// Waits up to `timeout` (None = until woken) for frames and hands each to `on_frame`.
     /// Returns how many were received; 0 on timeout or wake-up.
     fn recv(

@@ -178,27 +178,39 @@ impl PacketSocket {
         self.mtu
     }
 
-    /// Sends one frame per iovec with `sendmmsg` (at most `BATCH`). Frames the interface
-    /// cannot take are dropped, as a busy NIC would; the link layer retransmits them.
-    fn send_iovecs(&mut self, iovs: &mut [libc::iovec]) -> io::Result<()> {
-        let count = iovs.len().min(BATCH);
+    /// Sends frames with `sendmmsg`, at most `BATCH` per call: frame `i` is the next
+    /// `parts[i]` iovecs of `iovs`. Frames the interface cannot take are dropped, as a busy
+    /// NIC would; the link layer retransmits them.
+    fn send_iovecs(&mut self, iovs: &mut [libc::iovec], parts: &[usize]) -> io::Result<()> {
+        let mut first_iov = Vec::with_capacity(parts.len());
+        let mut at = 0;
+        for &n in parts {
+            first_iov.push(at);
+            at += n;
+        }
+        if at > iovs.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame parts exceed the iovecs given",
+            ));
+        }
         let mut start = 0;
-        while start < count {
+        while start < parts.len() {
+            let count = (parts.len() - start).min(BATCH);
             // SAFETY: plain old data, filled in below.
             let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-            for (m, iov) in msgs.iter_mut().zip(&mut iovs[start..count]) {
-                m.msg_hdr.msg_iov = std::ptr::from_mut(iov);
-                m.msg_hdr.msg_iovlen = 1;
+            for (i, m) in msgs.iter_mut().enumerate().take(count) {
+                m.msg_hdr.msg_iov = iovs[first_iov[start + i]..].as_mut_ptr();
+                m.msg_hdr.msg_iovlen = parts[start + i];
             }
-            let n = count - start;
-            // SAFETY: the first `n` headers point at live iovecs over buffers of the stated
-            // lengths that outlive the call (the caller's frames or our tx buffers); the bound
-            // socket supplies the destination interface.
+            // SAFETY: the first `count` headers point at live iovecs (checked above to lie
+            // within `iovs`) over buffers of the stated lengths that outlive the call (the
+            // caller's frames or our tx buffers); the bound socket supplies the destination.
             let ret = unsafe {
                 libc::sendmmsg(
                     self.fd.as_raw_fd(),
                     msgs.as_mut_ptr(),
-                    libc::c_uint::try_from(n).unwrap_or(BATCH_U32),
+                    libc::c_uint::try_from(count).unwrap_or(BATCH_U32),
                     0,
                 )
             };
@@ -367,7 +379,7 @@ impl Transport for PacketSocket {
                 iov_len: len,
             };
         }
-        self.send_iovecs(&mut iovs[..count])
+        self.send_iovecs(&mut iovs[..count], &[1; BATCH][..count])
     }
 
     fn send_batch(&mut self, frames: &[&[u8]]) -> io::Result<()> {
@@ -393,9 +405,31 @@ impl Transport for PacketSocket {
                     iov_len: f.len(),
                 };
             }
-            self.send_iovecs(&mut iovs[..chunk.len()])?;
+            self.send_iovecs(&mut iovs[..chunk.len()], &[1; BATCH][..chunk.len()])?;
         }
         Ok(())
+    }
+
+    fn send_vectored_batch(&mut self, frames: &[&[&[u8]]]) -> io::Result<()> {
+        self.flush()?;
+        let mut iovs = Vec::with_capacity(frames.iter().map(|f| f.len()).sum());
+        let mut parts = Vec::with_capacity(frames.len());
+        for frame in frames {
+            let len: usize = frame.iter().map(|p| p.len()).sum();
+            if len > FRAME_BUF {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("frame of {len} bytes larger than the transport's buffers"),
+                ));
+            }
+            // sendmmsg only reads through iov_base; the pointer is mutable by type only.
+            iovs.extend(frame.iter().map(|p| libc::iovec {
+                iov_base: p.as_ptr().cast_mut().cast(),
+                iov_len: p.len(),
+            }));
+            parts.push(frame.len());
+        }
+        self.send_iovecs(&mut iovs, &parts)
     }
 
     fn recv(

@@ -21,7 +21,7 @@ pub use ethernet::{
     EthernetFrame, EthernetRepr, MacAddr, ETHERNET_HEADER_LEN, ETHERTYPE_OMNIXTEND,
 };
 pub use tilelink::{Channel, Layout, Message, MessageHeader, MessageRepr, Payload};
-pub use tloe::{Frame, FrameBuilder, MessageType, Seq, TloeHeader};
+pub use tloe::{ExternalData, Frame, FrameBuilder, MessageType, Seq, TloeHeader};
 
 /// Bytes in one flit, the TileLink beat and credit unit.
 pub const FLIT: usize = 8;

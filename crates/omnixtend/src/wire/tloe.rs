@@ -285,10 +285,28 @@ impl<'a> Messages<'a> {
     }
 }
 
+/// A message payload left out of a frame's buffer: `len` bytes named by `key` (for the
+/// memory node, the bus address they are read from) belong at byte `at` of the buffer, so the
+/// frame on the wire is the buffer with every such piece inserted in order. A transport then
+/// sends the payload from where it lives (one iovec per piece) instead of from a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExternalData {
+    /// Offset in the frame's buffer where the bytes are inserted.
+    pub at: usize,
+    /// The owner's name for the bytes.
+    pub key: u64,
+    /// How many bytes.
+    pub len: usize,
+}
+
 /// Builds a frame in a caller-owned buffer: Ethernet and TLoE headers, messages, padding, mask.
 #[derive(Debug)]
 pub struct FrameBuilder<'a> {
     buf: &'a mut Vec<u8>,
+    /// Payloads left out of `buf` ([`FrameBuilder::push_external`]), if the caller allows it.
+    external: Option<&'a mut Vec<ExternalData>>,
+    /// Their total length.
+    external_len: usize,
     max_len: usize,
     mask: u64,
     flits: usize,
@@ -308,10 +326,32 @@ impl<'a> FrameBuilder<'a> {
         buf[ETHERNET_HEADER_LEN..FLITS_OFFSET].copy_from_slice(&header.to_word().to_be_bytes());
         FrameBuilder {
             buf,
+            external: None,
+            external_len: 0,
             max_len: max_len.max(MIN_PARSE_LEN),
             mask: 0,
             flits: 0,
         }
+    }
+
+    /// [`FrameBuilder::new`], also allowing payloads kept out of `buf` and listed in
+    /// `external` (cleared first): see [`FrameBuilder::push_external`].
+    pub fn with_external(
+        buf: &'a mut Vec<u8>,
+        external: &'a mut Vec<ExternalData>,
+        eth: &EthernetRepr,
+        header: &TloeHeader,
+        max_len: usize,
+    ) -> Self {
+        external.clear();
+        let mut b = FrameBuilder::new(buf, eth, header, max_len);
+        b.external = Some(external);
+        b
+    }
+
+    /// Whether [`FrameBuilder::push_external`] is available.
+    pub fn allows_external(&self) -> bool {
+        self.external.is_some()
     }
 
     /// Flits a new message may still occupy (0 once no message may start).
@@ -375,14 +415,44 @@ impl<'a> FrameBuilder<'a> {
         Ok(())
     }
 
+    /// Appends a message whose payload, exactly `len` bytes as they go on the wire, is not
+    /// copied into the buffer but recorded as [`ExternalData`] named `key`: whoever sends the
+    /// frame supplies those bytes. `Err(NoRoom)` (leaving the frame unchanged) if the message
+    /// does not fit, its payload is not exactly `len` bytes, or the builder was not made
+    /// [`FrameBuilder::with_external`].
+    pub fn push_external(&mut self, msg: &MessageRepr, key: u64, len: usize) -> Result<()> {
+        let flits = msg.flits();
+        let head = msg.header.layout()?.head_flits() * FLIT;
+        if flits > self.room() || flits * FLIT != head + len {
+            return Err(WireError::NoRoom);
+        }
+        let Some(external) = self.external.as_mut() else {
+            return Err(WireError::NoRoom);
+        };
+        let at = self.buf.len();
+        self.buf.resize(at + head, 0);
+        msg.emit_header(&mut self.buf[at..])?;
+        external.push(ExternalData {
+            at: at + head,
+            key,
+            len,
+        });
+        self.external_len += len;
+        self.mask |= 1u64 << self.flits;
+        self.flits += flits;
+        Ok(())
+    }
+
     /// Pads to at least `min_flits` flits after the header, appends the mask and returns the
-    /// frame length.
+    /// frame length (on the wire, external payloads included).
     pub fn finish(self, min_flits: usize) -> usize {
-        let padded = FLITS_OFFSET + self.flits.max(min_flits) * FLIT;
+        // Every external payload lies before the padding, so the buffer holds the rest of the
+        // frame shifted back by their total length.
+        let padded = FLITS_OFFSET + self.flits.max(min_flits) * FLIT - self.external_len;
         self.buf.resize(padded + FLIT, 0);
         // The buffer was just sized to hold the mask word.
         let _ = write_u64(self.buf, padded, self.mask);
-        self.buf.len()
+        self.buf.len() + self.external_len
     }
 }
 

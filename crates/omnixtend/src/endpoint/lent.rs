@@ -1,0 +1,172 @@
+//! Read data sent straight from the memory region, and the guarantee that a replay resends the
+//! bytes first served.
+//!
+//! A large AccessAckData goes out with its payload taken from the memory region by the
+//! transport (one iovec, [`crate::wire::FrameBuilder::push_external`]) instead of being copied
+//! into the frame's buffer first: one copy fewer per read on the node. But the frame stays in
+//! the link's replay buffer until acknowledged, and Go-Back-N may resend it; the resent frame
+//! must carry the bytes of the first transmission even if a Put (from any peer) changed that
+//! memory in between. So every payload lent this way is recorded here until its frame is
+//! acknowledged, and a write that overlaps a recorded payload first saves the bytes it is about
+//! to overwrite (a snapshot of that payload), which replays then send instead of the memory.
+//! Writes elsewhere, the common case, cost one hash lookup per 4 KiB touched (none at all
+//! while nothing is lent).
+
+use super::memory::Memory;
+use std::collections::HashMap;
+
+/// Granularity of the overlap index (log2 bytes).
+const CHUNK_SHIFT: u32 = 12;
+
+#[derive(Debug)]
+struct Entry {
+    addr: u64,
+    len: usize,
+    /// The bytes as first sent, saved when a write was about to change them.
+    snapshot: Option<Box<[u8]>>,
+    live: bool,
+}
+
+/// Payloads of one peer's unacknowledged frames that are sent from the memory region.
+#[derive(Debug, Default)]
+pub(crate) struct Lent {
+    entries: Vec<Entry>,
+    free: Vec<usize>,
+    /// Live entries per 4 KiB chunk they touch.
+    chunks: HashMap<u64, u32>,
+    live: usize,
+}
+
+fn chunks(addr: u64, len: usize) -> std::ops::RangeInclusive<u64> {
+    let last = addr.saturating_add((len as u64).saturating_sub(1));
+    (addr >> CHUNK_SHIFT)..=(last >> CHUNK_SHIFT)
+}
+
+impl Lent {
+    /// Records a payload of `len` bytes at `addr` about to be sent from memory; returns its key.
+    pub(crate) fn lend(&mut self, addr: u64, len: usize) -> u64 {
+        let entry = Entry {
+            addr,
+            len,
+            snapshot: None,
+            live: true,
+        };
+        let idx = if let Some(i) = self.free.pop() {
+            self.entries[i] = entry;
+            i
+        } else {
+            self.entries.push(entry);
+            self.entries.len() - 1
+        };
+        for c in chunks(addr, len) {
+            *self.chunks.entry(c).or_insert(0) += 1;
+        }
+        self.live += 1;
+        idx as u64
+    }
+
+    /// The frame carrying `key` was acknowledged: forget it. Unknown keys are ignored.
+    pub(crate) fn release(&mut self, key: u64) {
+        let Some(i) = usize::try_from(key)
+            .ok()
+            .filter(|&i| i < self.entries.len())
+        else {
+            return;
+        };
+        let e = &mut self.entries[i];
+        if !e.live {
+            return;
+        }
+        e.live = false;
+        e.snapshot = None;
+        let (addr, len) = (e.addr, e.len);
+        for c in chunks(addr, len) {
+            if let Some(n) = self.chunks.get_mut(&c) {
+                *n -= 1;
+                if *n == 0 {
+                    self.chunks.remove(&c);
+                }
+            }
+        }
+        self.live -= 1;
+        self.free.push(i);
+    }
+
+    /// Before `len` bytes at `addr` of `mem` are overwritten: saves the current bytes of every
+    /// lent payload they overlap that has no snapshot yet.
+    pub(crate) fn before_write(&mut self, mem: &Memory, addr: u64, len: usize) {
+        if self.live == 0 || !chunks(addr, len).any(|c| self.chunks.contains_key(&c)) {
+            return;
+        }
+        let end = addr.saturating_add(len as u64);
+        for e in self
+            .entries
+            .iter_mut()
+            .filter(|e| e.live && e.snapshot.is_none())
+        {
+            let e_end = e.addr.saturating_add(e.len as u64);
+            if e.addr < end && addr < e_end {
+                e.snapshot = mem.slice(e.addr, e.len).map(Box::from);
+            }
+        }
+    }
+
+    /// The bytes to send for `key`: its snapshot, or the memory if none was needed.
+    pub(crate) fn bytes<'a>(&'a self, mem: &'a Memory, key: u64) -> Option<&'a [u8]> {
+        let e = self
+            .entries
+            .get(usize::try_from(key).ok()?)
+            .filter(|e| e.live)?;
+        match &e.snapshot {
+            Some(s) => Some(s),
+            None => mem.slice(e.addr, e.len),
+        }
+    }
+
+    /// Payloads currently lent.
+    #[cfg(test)]
+    pub(crate) fn live(&self) -> usize {
+        self.live
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_over_lent_bytes_keeps_the_bytes_first_served() {
+        let mut mem = Memory::anonymous(1 << 16, 0x1000).unwrap();
+        mem.slice_mut(0x3000, 8192).unwrap().fill(1);
+        let mut lent = Lent::default();
+        let a = lent.lend(0x3000, 8192);
+        let b = lent.lend(0x9000, 64);
+        // A write elsewhere changes nothing lent.
+        lent.before_write(&mem, 0x5000, 4096);
+        mem.slice_mut(0x5000, 4096).unwrap().fill(9);
+        assert_eq!(lent.bytes(&mem, a).unwrap(), &[1u8; 8192][..]);
+        // A write over the tail of `a`: the replay still sends ones.
+        lent.before_write(&mem, 0x4ff8, 8);
+        mem.slice_mut(0x4ff8, 8).unwrap().fill(2);
+        assert_eq!(lent.bytes(&mem, a).unwrap(), &[1u8; 8192][..]);
+        // A second write does not overwrite the snapshot with newer bytes.
+        lent.before_write(&mem, 0x3000, 8192);
+        mem.slice_mut(0x3000, 8192).unwrap().fill(3);
+        assert_eq!(lent.bytes(&mem, a).unwrap(), &[1u8; 8192][..]);
+        // Lent later, after the writes: the new bytes.
+        let c = lent.lend(0x3000, 8192);
+        assert_eq!(lent.bytes(&mem, c).unwrap(), &[3u8; 8192][..]);
+        assert_eq!(lent.bytes(&mem, b).unwrap(), &[0u8; 64][..]);
+        assert_eq!(lent.live(), 3);
+        lent.release(a);
+        lent.release(a); // a duplicate release is harmless
+        lent.release(b);
+        lent.release(99);
+        assert!(lent.bytes(&mem, a).is_none());
+        assert_eq!(lent.live(), 1);
+        lent.release(c);
+        assert!(lent.chunks.is_empty());
+        // Keys are reused once released.
+        assert!(lent.lend(0x1000, 64) <= 2);
+    }
+}
