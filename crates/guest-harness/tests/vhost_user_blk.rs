@@ -317,10 +317,15 @@ fn two_queues_offered_one_vcpu_uses_one() {
 
 /// Pattern both ways on a device variant, and the negotiated feature bit checked.
 fn variant(name: &str, device: &str, bit: usize, want: char) {
+    variant_with(name, device, bit, want, &[]);
+}
+
+/// [`variant`] with extra daemon arguments.
+fn variant_with(name: &str, device: &str, bit: usize, want: char, daemon_args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let image = image_with_host_pattern(dir.path());
     let sock = dir.path().join("vu.sock");
-    let daemon = Daemon::start(&sock, &image, &[]);
+    let daemon = Daemon::start(&sock, &image, daemon_args);
     let g = guest(name, &sock, device).script(&format!(
         "wait_for /dev/vda
          {FEATURES}
@@ -349,6 +354,21 @@ fn packed_ring() {
 #[test]
 fn event_idx_off() {
     variant("vhost-user-blk-no-event-idx", ",event_idx=off", 29, '0');
+}
+
+/// Polling (notifications off while the worker polls) and completion coalescing, on the
+/// split ring without EVENT_IDX (VRING_USED_F_NO_NOTIFY) and on the packed ring.
+#[test]
+fn polling_and_coalescing_split_no_event_idx_and_packed() {
+    let args = ["--poll-max-us", "200", "--coalesce-us", "100"];
+    variant_with(
+        "vhost-user-blk-poll-split",
+        ",event_idx=off",
+        29,
+        '0',
+        &args,
+    );
+    variant_with("vhost-user-blk-poll-packed", ",packed=on", 34, '1', &args);
 }
 
 #[test]

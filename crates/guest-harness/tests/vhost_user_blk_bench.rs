@@ -45,8 +45,21 @@ fn wait_listening(sock: &Path) {
     }
 }
 
-fn start_oxio(sock: &Path, image: &Path) -> Peer {
-    let child = Command::new(static_binary("oxio", "oxio").unwrap())
+/// The oxio binary under test: `OXIO_BENCH_OXIO`, or built from this tree.
+fn oxio_binary() -> std::path::PathBuf {
+    std::env::var_os("OXIO_BENCH_OXIO")
+        .map(Into::into)
+        .unwrap_or_else(|| static_binary("oxio", "oxio").unwrap())
+}
+
+/// `OXIO_BENCH_PEER`: another oxio binary (e.g. an older build) to compare with instead of
+/// qemu-storage-daemon, for A/B runs of a change.
+fn peer_oxio() -> Option<std::path::PathBuf> {
+    std::env::var_os("OXIO_BENCH_PEER").map(Into::into)
+}
+
+fn start_oxio(sock: &Path, image: &Path, binary: &Path) -> Peer {
+    let child = Command::new(binary)
         .args(["vhost-user", "blk", "--socket"])
         .arg(sock)
         .arg("--backend")
@@ -96,11 +109,74 @@ struct Figures {
     irq_per_req: f64,
     /// CPU time of the daemon process (all its threads) per request, in microseconds.
     cpu_us_per_req: f64,
+    /// Write syscalls of QEMU's vCPU thread per request: under TCG these are the guest's
+    /// kicks (ioeventfd writes), each one a TB exit and a syscall on the guest's only CPU.
+    kicks_per_req: f64,
+    /// Host CPU time of QEMU's vCPU thread per request, in microseconds: what the guest
+    /// costs per request on its only CPU, without the time other processes took from it.
+    vcpu_us_per_req: f64,
+    /// Host CPU time of QEMU's main loop per request (interrupt injection), in microseconds.
+    main_us_per_req: f64,
+    /// The guest's busy CPU time per request (from its /proc/stat), in microseconds.
+    guest_us_per_req: f64,
+    /// Share of the guest's CPU time spent idle (waiting for the device).
+    guest_idle: f64,
+}
+
+/// The QEMU process whose command line names `sock` (its chardev), if any.
+fn qemu_pid(sock: &Path) -> Option<u32> {
+    let needle = format!("path={}", sock.display());
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd);
+        // argv[0] is QEMU itself (not the `timeout` that runs it).
+        let argv0 = cmd.split('\0').next().unwrap_or_default();
+        (argv0.contains("qemu-system") && cmd.contains(&needle)).then_some(pid)
+    })
+}
+
+/// Counters of QEMU process `pid` so far: write syscalls and CPU seconds of its threads other
+/// than the main loop (the vCPU thread, which has no name of its own without `-name
+/// debug-threads=on`, and the idle RCU thread), and the main loop's CPU seconds (under TCG it
+/// reads the call eventfds and injects the interrupts).
+#[derive(Clone, Copy, Default)]
+struct QemuCounters {
+    vcpu_writes: f64,
+    vcpu_cpu: f64,
+    main_cpu: f64,
+}
+
+fn qemu_counters(pid: u32) -> QemuCounters {
+    let mut c = QemuCounters::default();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return c;
+    };
+    for t in tasks.flatten() {
+        let cpu = cpu_seconds_at(&t.path().join("stat"));
+        if t.file_name().to_str() == Some(pid.to_string().as_str()) {
+            c.main_cpu += cpu;
+            continue;
+        }
+        c.vcpu_cpu += cpu;
+        let io = std::fs::read_to_string(t.path().join("io")).unwrap_or_default();
+        c.vcpu_writes += io
+            .lines()
+            .find_map(|l| l.strip_prefix("syscw: "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    c
 }
 
 /// CPU time (user + system, all threads) of process `pid` so far, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    cpu_seconds_at(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// CPU time (user + system) from a `/proc/.../stat` file, in seconds.
+fn cpu_seconds_at(path: &Path) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the command name (which may contain spaces) start at field 3.
     let rest = stat.rsplit_once(')').map_or("", |r| r.1);
     let field = |n: usize| -> f64 {
@@ -125,17 +201,19 @@ fn measure(name: &str, sock: &Path, seconds: u32, pid: u32) -> Option<Vec<Figure
     // interrupts less costs the guest less, whatever the host's load.
     let mut script = String::from(
         "wait_for /dev/vda\n\
-         irqs() { awk '/virtio.*req/ { n += $2 } END { print n + 0 }' /proc/interrupts; }\n",
+         irqs() { awk '/virtio.*req/ { n += $2 } END { print n + 0 }' /proc/interrupts; }\n\
+         busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }\n\
+         idle() { awk '/^cpu / { print $5 + $6 }' /proc/stat; }\n",
     );
     for (i, (_, args)) in workloads().iter().enumerate() {
         script.push_str(&format!(
             "mark start{i}\n\
-             before=$(irqs)\n\
+             before=$(irqs); b0=$(busy); i0=$(idle)\n\
              fio --minimal --name=w{i} --filename=/dev/vda --ioengine=libaio --direct=1 \
              --size=128M --time_based --runtime={seconds} {args} > /tmp/r\n\
-             after=$(irqs)\n\
-             awk -F';' -v irq=$((after - before)) \
-             '{{print \"BENCH {i}\", $7 + $48, $8 + $49, $6 + $47, irq}}' /tmp/r\n"
+             after=$(irqs); b1=$(busy); i1=$(idle)\n\
+             awk -F';' -v irq=$((after - before)) -v busy=$((b1 - b0)) -v idle=$((i1 - i0)) \
+             '{{print \"BENCH {i}\", $7 + $48, $8 + $49, $6 + $47, irq, busy, idle}}' /tmp/r\n"
         ));
     }
     let mut running = Guest::new(name)
@@ -150,15 +228,44 @@ fn measure(name: &str, sock: &Path, seconds: u32, pid: u32) -> Option<Vec<Figure
         .unwrap();
     let limit = Duration::from_secs(u64::from(seconds) * 4 + 120);
     let mut cpu = Vec::new();
+    let mut kicks: Vec<QemuCounters> = Vec::new();
+    let mut qemu = None;
     for (i, (w, _)) in workloads().iter().enumerate() {
         let started = running.wait_for_serial(&format!("OXIO-MARK start{i}\n"), limit);
+        let qemu = *qemu.get_or_insert_with(|| qemu_pid(sock).unwrap_or(0));
         let before = cpu_seconds(pid);
+        let q0 = qemu_counters(qemu);
         let done = started.and_then(|()| running.wait_for_serial(&format!("BENCH {i} "), limit));
         if let Err(e) = done {
             eprintln!("{name}: HUNG in {w}: no result within {limit:?}; guest killed ({e:?})");
+            let serial = running.serial();
+            let tail: Vec<&str> = serial.lines().rev().take(15).collect();
+            eprintln!(
+                "  serial tail:\n    {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n    ")
+            );
+            for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let f = |n: &str| std::fs::read_to_string(t.path().join(n)).unwrap_or_default();
+                eprintln!(
+                    "  daemon thread {}: {} in {}",
+                    f("comm").trim(),
+                    f("stat").split(' ').nth(2).unwrap_or("?"),
+                    f("wchan")
+                );
+            }
             return None;
         }
         cpu.push(cpu_seconds(pid) - before);
+        let q1 = qemu_counters(qemu);
+        kicks.push(QemuCounters {
+            vcpu_writes: q1.vcpu_writes - q0.vcpu_writes,
+            vcpu_cpu: q1.vcpu_cpu - q0.vcpu_cpu,
+            main_cpu: q1.main_cpu - q0.main_cpu,
+        });
     }
     let outcome = running.wait().unwrap();
     outcome.expect_pass().unwrap();
@@ -175,6 +282,8 @@ fn measure(name: &str, sock: &Path, seconds: u32, pid: u32) -> Option<Vec<Figure
             let mut fields = line[prefix.len()..].split_whitespace();
             let mut next = || -> f64 { fields.next().unwrap().parse().unwrap() };
             let (kib_s, iops, kib, irqs) = (next(), next(), next(), next());
+            // Guest jiffies are in USER_HZ (100 per second).
+            let (busy, idle) = (next() * 1e4, next() * 1e4);
             let bytes_per_req = kib_s / iops.max(1.0);
             let requests = (kib / bytes_per_req).max(1.0);
             Figures {
@@ -182,6 +291,11 @@ fn measure(name: &str, sock: &Path, seconds: u32, pid: u32) -> Option<Vec<Figure
                 iops,
                 irq_per_req: irqs / requests,
                 cpu_us_per_req: cpu[i] * 1e6 / requests,
+                kicks_per_req: kicks[i].vcpu_writes / requests,
+                vcpu_us_per_req: kicks[i].vcpu_cpu * 1e6 / requests,
+                main_us_per_req: kicks[i].main_cpu * 1e6 / requests,
+                guest_us_per_req: busy / requests,
+                guest_idle: idle / (busy + idle).max(1.0),
             }
         })
         .collect::<Vec<_>>()
@@ -215,6 +329,12 @@ fn vhost_user_blk_guest_fio_oxio_vs_qemu_storage_daemon() {
     // Written in full first, so neither daemon pays for allocating the file's pages.
     std::fs::write(&image, vec![0xa5u8; 256 << 20]).unwrap();
     let sock = dir.path().join("vu.sock");
+    let binary = oxio_binary();
+    let peer_binary = peer_oxio();
+    let peer_name = match &peer_binary {
+        Some(p) => format!("peer oxio ({})", p.display()),
+        None => "qemu-storage-daemon".to_string(),
+    };
 
     // Rounds alternate which daemon goes first (ABBA...), so drift in the machine's load
     // over the run does not favour either.
@@ -228,7 +348,7 @@ fn vhost_user_blk_guest_fio_oxio_vs_qemu_storage_daemon() {
         for oxio in order {
             let _ = std::fs::remove_file(&sock);
             if oxio {
-                let peer = start_oxio(&sock, &image);
+                let peer = start_oxio(&sock, &image, &binary);
                 ours.push(measure(
                     "bench-vhost-user-blk-oxio",
                     &sock,
@@ -237,9 +357,12 @@ fn vhost_user_blk_guest_fio_oxio_vs_qemu_storage_daemon() {
                 ));
                 drop(peer);
             } else {
-                let peer = start_qsd(&sock, &image);
+                let peer = match &peer_binary {
+                    Some(b) => start_oxio(&sock, &image, b),
+                    None => start_qsd(&sock, &image),
+                };
                 theirs.push(measure(
-                    "bench-vhost-user-blk-qsd",
+                    "bench-vhost-user-blk-peer",
                     &sock,
                     seconds,
                     peer.0.id(),
@@ -251,7 +374,7 @@ fn vhost_user_blk_guest_fio_oxio_vs_qemu_storage_daemon() {
 
     println!(
         "| workload ({seconds} s each, guest fio libaio O_DIRECT; median of {rounds} rounds) | \
-         oxio MiB/s | oxio IOPS | oxio irq/req | oxio CPU µs/req | qemu-storage-daemon MiB/s | \
+         oxio MiB/s | oxio IOPS | oxio irq/req | oxio CPU µs/req | {peer_name} MiB/s | \
          IOPS | irq/req | CPU µs/req | ratio (IOPS) | ratio per round |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
@@ -267,7 +390,7 @@ fn vhost_user_blk_guest_fio_oxio_vs_qemu_storage_daemon() {
             .map(|(a, b)| match (a, b) {
                 (Some(a), Some(b)) => format!("{:.2}", a[w].iops / b[w].iops.max(1.0)),
                 (None, _) => "oxio-hung".into(),
-                (_, None) => "qsd-hung".into(),
+                (_, None) => "peer-hung".into(),
             })
             .collect();
         println!(
@@ -283,10 +406,38 @@ fn vhost_user_blk_guest_fio_oxio_vs_qemu_storage_daemon() {
             per_round.join(" "),
         );
     }
+    println!(
+        "\nPer-request costs in the guest (medians; kicks = writes of QEMU's vCPU thread, \
+         guest µs = busy CPU time in the guest's /proc/stat):\n\n\
+         | workload | oxio irq/req | kicks/req | vCPU µs/req | QEMU main µs/req | guest µs/req | \
+         guest idle | peer irq/req | kicks/req | vCPU µs/req | QEMU main µs/req | guest µs/req | \
+         guest idle |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for (w, (name, _)) in workloads().iter().enumerate() {
+        let col = |runs: &[Option<Vec<Figures>>], f: fn(&Figures) -> f64| {
+            median(runs.iter().flatten().map(|r| f(&r[w])).collect())
+        };
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} % | {:.2} | {:.2} | {:.0} \
+             | {:.0} | {:.0} | {:.0} % |",
+            col(&ours, |f| f.irq_per_req),
+            col(&ours, |f| f.kicks_per_req),
+            col(&ours, |f| f.vcpu_us_per_req),
+            col(&ours, |f| f.main_us_per_req),
+            col(&ours, |f| f.guest_us_per_req),
+            col(&ours, |f| f.guest_idle * 100.0),
+            col(&theirs, |f| f.irq_per_req),
+            col(&theirs, |f| f.kicks_per_req),
+            col(&theirs, |f| f.vcpu_us_per_req),
+            col(&theirs, |f| f.main_us_per_req),
+            col(&theirs, |f| f.guest_us_per_req),
+            col(&theirs, |f| f.guest_idle * 100.0),
+        );
+    }
     let hung = |runs: &[Option<Vec<Figures>>]| runs.iter().filter(|r| r.is_none()).count();
     println!(
         "\nguest runs that hung (no result within the limit, excluded from the medians): \
-         oxio {} of {rounds}, qemu-storage-daemon {} of {rounds}",
+         oxio {} of {rounds}, {peer_name} {} of {rounds}",
         hung(&ours),
         hung(&theirs)
     );

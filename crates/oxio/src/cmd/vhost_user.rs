@@ -91,6 +91,16 @@ pub struct BlkArgs {
     /// Serial number the guest reads (GET_ID; at most 20 bytes are sent).
     #[arg(long, default_value = "oxio")]
     pub serial: String,
+    /// Longest time (µs) a queue's thread polls for new requests and completions before it
+    /// sleeps; it adapts below this to how soon work really comes, and drops to no polling
+    /// on an idle device. Polling spares the guest its notifications (VM exits) at the cost
+    /// of host CPU. 0 (default): never poll.
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    pub poll_max_us: u64,
+    /// Longest time (µs) a completion waits for others still in flight on the backend so the
+    /// guest gets them with one interrupt. A lone request is never delayed. 0: never wait.
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    pub coalesce_us: u64,
 }
 
 /// `--engine`: how a file backend does its I/O.
@@ -144,6 +154,8 @@ fn blk(args: BlkArgs) -> Result<(), CmdError> {
         queue_size: args.queue_size,
         read_only: args.read_only,
         serial: args.serial.clone(),
+        poll_max_ns: args.poll_max_us.saturating_mul(1000),
+        coalesce_ns: args.coalesce_us.saturating_mul(1000),
         ..BlockConfig::default()
     };
     let device = Block::new(backend.clone(), cfg);

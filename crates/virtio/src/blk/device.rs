@@ -143,6 +143,12 @@ impl Block {
             flush: self.caps.flush,
             pool: Default::default(),
             iov: Vec::new(),
+            tuning: super::worker::Tuning {
+                poll_max: std::time::Duration::from_nanos(self.cfg.poll_max_ns),
+                coalesce: std::time::Duration::from_nanos(self.cfg.coalesce_ns),
+            },
+            poll: std::time::Duration::ZERO,
+            stats: Default::default(),
         })
     }
 

@@ -478,3 +478,71 @@ fn file_backend_moves_data_in_place_whatever_the_segments() {
     }
     std::fs::remove_file(&path).unwrap();
 }
+
+/// With polling and coalescing on (long windows, so the worker is often polling with
+/// notifications off when the driver adds a request), a driver that kicks only when the
+/// device asks for it (`kick_needed`, EVENT_IDX or NO_NOTIFY) still gets every request
+/// served: no notification is lost. Submissions are spaced so that they land before,
+/// inside and after the polling windows. The worker's watchdog would serve a request left
+/// without a notification after 2 s, so each batch must complete well before that.
+#[test]
+fn polling_and_coalescing_lose_no_notification() {
+    use oxio_block::file::{Engine, FileBackend, FileOptions};
+    let path = std::env::temp_dir().join(format!("oxio-blk-poll-{}.img", std::process::id()));
+    std::fs::File::create(&path).unwrap().set_len(DISK).unwrap();
+    for packed in [false, true] {
+        let opts = FileOptions {
+            engine: Engine::IoUring,
+            ..FileOptions::default()
+        };
+        let backend = Arc::new(FileBackend::open(&path, opts).unwrap());
+        let cfg = BlockConfig {
+            poll_max_ns: 300_000,
+            coalesce_ns: 200_000,
+            ..BlockConfig::default()
+        };
+        let mut r = rig_on(backend, cfg, packed);
+        let gaps = [0u64, 0, 20, 0, 150, 700, 0, 3000];
+        let mut outstanding = 0usize;
+        let mut done = 0usize;
+        for i in 0..240u64 {
+            let d = &mut r.drivers[0];
+            let h = d.alloc(16).unwrap();
+            let mut req = header(types::OUT, i * 8);
+            req.truncate(16);
+            d.write(h, &req);
+            let data = d.alloc(4096).unwrap();
+            d.write(data, &pattern(4096, i as u8));
+            let st = d.alloc(1).unwrap();
+            d.add_chain(
+                &[Buf::r(h, 16), Buf::r(data, 4096), Buf::w(st, 1)],
+                Placement::Direct,
+            )
+            .unwrap();
+            d.publish();
+            if d.kick_needed() {
+                r.kicks[0].write(1).unwrap();
+            }
+            outstanding += 1;
+            std::thread::sleep(Duration::from_micros(gaps[i as usize % gaps.len()]));
+            done += r.drivers[0].used().len();
+            if i % 16 == 15 {
+                let start = Instant::now();
+                while done < outstanding {
+                    done += r.drivers[0].used().len();
+                    assert!(
+                        start.elapsed() < Duration::from_millis(1500),
+                        "packed={packed}: {} requests left without service",
+                        outstanding - done
+                    );
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+        }
+        assert_eq!(done, outstanding);
+        for i in [0u64, 77, 239] {
+            assert_eq!(r.read(i * 8, 4096), (status::OK, pattern(4096, i as u8)));
+        }
+    }
+    std::fs::remove_file(&path).unwrap();
+}

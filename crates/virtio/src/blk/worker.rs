@@ -2,14 +2,20 @@
 //! completions back in batches.
 //!
 //! The loop waits on three eventfds: the driver's kick, the backend's completions and a stop
-//! signal. Each turn reaps completions, pops new requests while there is room (notifications
-//! off meanwhile, re-enabled with a re-check so no kick is lost), then publishes the used ring
-//! once and interrupts at most once. A stop drains the requests in flight before returning,
-//! so no request the driver made available is lost or completed twice.
+//! signal. Each turn reaps completions and pops new requests while there is room, with driver
+//! notifications off, then publishes the used ring once and interrupts at most once.
+//! Notifications are re-enabled, with a re-check of the avail ring so no kick is lost, only
+//! right before the thread sleeps. Optionally (`BlockConfig::poll_max_ns`) it first polls the
+//! avail ring and the backend for an adaptive window, so the driver need not kick, and
+//! (`BlockConfig::coalesce_ns`) holds a batch of completions while others are still in flight
+//! on the backend, so they cost the driver one interrupt. A stop drains the requests in
+//! flight before returning, so no request the driver made available is lost or completed
+//! twice; a watchdog serves (and reports) requests that arrive without a notification.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use oxio_block::{BlockQueue, Completion, IoBuf, Op, RawSlice, Request as BlockRequest};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -24,6 +30,30 @@ use crate::queue::{DescriptorChain, Queue, QueueState};
 const KICK: u64 = 0;
 const BACKEND: u64 = 1;
 const STOP: u64 = 2;
+
+/// The smallest polling window; below it the window drops to 0 (no polling).
+const POLL_MIN: Duration = Duration::from_micros(4);
+
+/// Polling and coalescing limits (from [`super::BlockConfig`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Tuning {
+    pub(crate) poll_max: Duration,
+    pub(crate) coalesce: Duration,
+}
+
+/// What the worker did, for the log when it stops.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WorkerStats {
+    /// Driver notifications (kicks) received.
+    pub(crate) kicks: u64,
+    /// Polls that found work before the worker slept.
+    pub(crate) poll_hits: u64,
+    /// Times the watchdog found requests that came without a notification.
+    pub(crate) lost_kicks: u64,
+}
+
+/// How long the worker sleeps before it checks for a lost notification.
+const WATCHDOG_MS: i32 = 2000;
 
 /// A request waiting for the backend.
 struct InFlight<'m> {
@@ -80,6 +110,10 @@ pub(crate) struct Worker {
     pub(crate) pool: BufPool,
     /// Scratch for the guest segments of a zero-copy read or write.
     pub(crate) iov: Vec<RawSlice>,
+    pub(crate) tuning: Tuning,
+    /// The current polling window (adapts up to `tuning.poll_max`).
+    pub(crate) poll: Duration,
+    pub(crate) stats: WorkerStats,
 }
 
 #[derive(Default)]
@@ -120,6 +154,17 @@ impl Worker {
         if let Err(e) = self.event_loop(&mem) {
             tracing::error!(queue = self.index, error = %e, "virtio-blk queue stopped");
         }
+        let q = self.queue.stats();
+        tracing::info!(
+            queue = self.index,
+            requests = q.popped,
+            kicks = self.stats.kicks,
+            publishes = q.published,
+            interrupts = q.interrupts,
+            poll_hits = self.stats.poll_hits,
+            lost_kicks = self.stats.lost_kicks,
+            "virtio-blk queue stopped"
+        );
         let state = (self.index, self.queue.state());
         // The backend queue waits for the kernel to finish zero-copy transfers into guest
         // memory when dropped: drop it while we still hold the memory.
@@ -145,19 +190,76 @@ impl Worker {
         let mut events = [EpollEvent::default(); 3];
         let mut stopping = false;
         let mut broken = false;
+        // When the oldest completion not yet published was made (coalescing).
+        let mut unpublished_since: Option<Instant> = None;
         loop {
+            let used_before = self.queue.stats().used;
             self.pump(mem, &mut slots, &mut completions, stopping, &mut broken);
+            if self.queue.stats().used != used_before && unpublished_since.is_none() {
+                unpublished_since = Some(Instant::now());
+            }
+            // Hold the batch while more completions are due soon, within the window.
+            let hold_until = unpublished_since
+                .filter(|_| slots.used > 0 && !stopping)
+                .map(|t| t + self.tuning.coalesce)
+                .filter(|&end| Instant::now() < end);
+            if hold_until.is_none() {
+                self.publish();
+                unpublished_since = None;
+            }
             if stopping && slots.used == 0 {
                 return Ok(());
             }
-            let n = match epoll.wait(-1, &mut events) {
+            let idle_since = Instant::now();
+            // Poll the avail ring and the backend with notifications still off: work found
+            // here costs the driver no kick and us no wake-up.
+            let spin_until = match hold_until {
+                Some(end) => Some(end.max(idle_since + self.poll)),
+                None if !self.poll.is_zero() => Some(idle_since + self.poll),
+                None => None,
+            };
+            let mut timeout = -1;
+            if let Some(end) = spin_until {
+                if self.spin(mem, &mut slots, &mut completions, end) {
+                    self.stats.poll_hits += 1;
+                    timeout = 0; // still look at the stop eventfd, without sleeping
+                } else if hold_until.is_some() {
+                    timeout = 0; // the hold expired: publish on the next turn
+                }
+            }
+            if timeout < 0 && !stopping && !broken && slots.used < self.depth {
+                // About to sleep: ask for kicks again; buffers that arrived meanwhile mean
+                // there is work (the re-check makes sure no kick is lost).
+                match self.queue.enable_notification(mem) {
+                    Ok(true) => timeout = 0,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(queue = self.index, error = %e, "queue is broken until reset");
+                        broken = true;
+                    }
+                }
+            }
+            // Sleeping, wake up now and then to check that no notification went missing.
+            let wait = if timeout < 0 { WATCHDOG_MS } else { 0 };
+            let n = match epoll.wait(wait, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            if timeout < 0 && n == 0 {
+                self.watchdog(mem, slots.used, broken);
+                continue;
+            }
+            if timeout < 0 {
+                self.adapt_poll(idle_since.elapsed());
+            }
             for ev in &events[..n] {
                 match ev.data() {
-                    KICK => drop(self.kick.read()),
+                    KICK => {
+                        if let Ok(k) = self.kick.read() {
+                            self.stats.kicks += k;
+                        }
+                    }
                     STOP => {
                         drop(self.stop.read());
                         stopping = true;
@@ -168,10 +270,90 @@ impl Worker {
         }
     }
 
+    /// After a long sleep: buffers in the avail ring mean a driver notification was lost
+    /// (a bug in the driver or in us): say so, with what the worker knows, and serve them.
+    fn watchdog(&mut self, mem: &GuestMemory, in_flight: usize, broken: bool) {
+        if broken || in_flight >= self.depth {
+            return;
+        }
+        if self.queue.has_available(mem).unwrap_or(false) {
+            let q = self.queue.stats();
+            tracing::warn!(
+                queue = self.index,
+                in_flight,
+                popped = q.popped,
+                used = q.used,
+                kicks = self.stats.kicks,
+                "requests were waiting without a notification; serving them"
+            );
+            self.stats.lost_kicks += 1;
+        } else if in_flight > 0 {
+            tracing::warn!(
+                queue = self.index,
+                in_flight,
+                "backend requests outstanding for long"
+            );
+        }
+    }
+
+    /// Polls until `end` for buffers in the avail ring or completions from the backend.
+    /// Returns whether it found work; completions it finds are already applied.
+    fn spin<'m>(
+        &mut self,
+        mem: &'m GuestMemory,
+        slots: &mut Slots<'m>,
+        completions: &mut Vec<Completion>,
+        end: Instant,
+    ) -> bool {
+        loop {
+            if self.reap(slots, completions) > 0 {
+                return true;
+            }
+            if slots.used < self.depth && self.queue.has_available(mem).unwrap_or(true) {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Adapts the polling window to how long the queue really stays idle (like QEMU's
+    /// `poll-max-ns`): grow it while work arrives within the longest window, so the next
+    /// wait is caught by polling; shrink it when waits are longer, so an idle device
+    /// soon costs no CPU.
+    fn adapt_poll(&mut self, idle: Duration) {
+        let max = self.tuning.poll_max;
+        if idle <= self.poll {
+            return;
+        }
+        if idle > max {
+            self.poll /= 2;
+            if self.poll < POLL_MIN {
+                self.poll = Duration::ZERO;
+            }
+        } else if self.poll < max {
+            self.poll = if self.poll.is_zero() {
+                POLL_MIN.min(max)
+            } else {
+                (self.poll * 2).min(max)
+            };
+        }
+    }
+
+    /// Publishes the used ring and interrupts the driver if it asked for it.
+    fn publish(&mut self) {
+        if self.queue.publish_used() {
+            if let Err(e) = self.interrupt.signal_used(self.index) {
+                tracing::warn!(queue = self.index, error = %e, "cannot signal the driver");
+            }
+        }
+    }
+
     /// One turn of the loop without waiting: reaps and starts requests until nothing moves
     /// (completions free room, room lets more requests start, and backends that complete
-    /// inline, like memory, do so at commit without signalling), then publishes the used ring
-    /// once and interrupts at most once.
+    /// inline, like memory, do so at commit without signalling). Publishing is the caller's.
     fn pump<'m>(
         &mut self,
         mem: &'m GuestMemory,
@@ -195,11 +377,6 @@ impl Worker {
                 break;
             }
         }
-        if self.queue.publish_used() {
-            if let Err(e) = self.interrupt.signal_used(self.index) {
-                tracing::warn!(queue = self.index, error = %e, "cannot signal the driver");
-            }
-        }
     }
 
     /// Serves everything available now and waits for the backend to finish it (for
@@ -211,6 +388,7 @@ impl Worker {
         let mut completions = Vec::new();
         let mut broken = false;
         self.pump(mem, &mut slots, &mut completions, false, &mut broken);
+        self.publish();
         while slots.used > 0 {
             let mut fds = [libc::pollfd {
                 fd: self.backend.notifier().as_raw_fd(),
@@ -220,34 +398,34 @@ impl Worker {
             // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
             unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) };
             self.pump(mem, &mut slots, &mut completions, true, &mut broken);
+            self.publish();
         }
         !broken
     }
 
-    /// Pops and starts requests while there is room; returns how many it started, once the
-    /// ring is empty (with notifications re-enabled) or the backend is full.
+    /// Pops and starts requests while there is room, notifications off; returns how many it
+    /// started, once the ring is empty or the backend full. The event loop turns
+    /// notifications back on (with a re-check) before it sleeps.
     fn serve<'m>(
         &mut self,
         mem: &'m GuestMemory,
         slots: &mut Slots<'m>,
     ) -> Result<usize, crate::queue::QueueError> {
         let mut started = 0;
-        loop {
-            self.queue.disable_notification();
-            while slots.used < self.depth {
-                let Some(chain) = self.queue.pop(mem)? else {
-                    break;
-                };
-                self.start(chain, slots);
-                started += 1;
-            }
+        self.queue.disable_notification();
+        while slots.used < self.depth {
+            let Some(chain) = self.queue.pop(mem)? else {
+                break;
+            };
+            self.start(chain, slots);
+            started += 1;
+        }
+        if started > 0 {
             if let Err(e) = self.backend.commit() {
                 tracing::warn!(queue = self.index, error = %e, "backend commit failed");
             }
-            if slots.used >= self.depth || !self.queue.enable_notification(mem)? {
-                return Ok(started);
-            }
         }
+        Ok(started)
     }
 
     fn start<'m>(&mut self, chain: DescriptorChain<'m>, slots: &mut Slots<'m>) {
