@@ -141,3 +141,54 @@ fn a_write_from_another_peer_does_not_change_a_replayed_read() {
 fn small_reads_copied_into_the_frame_keep_their_bytes_too() {
     replayed_read_keeps_its_bytes(1, 0, 1500, 1024);
 }
+
+/// Large writes go out straight from the request's buffer; a request that fails (here: times
+/// out) while its frame still awaits acknowledgement must leave the link able to replay the
+/// data it first sent, not whatever its recycled buffer holds next.
+#[test]
+fn a_write_that_fails_before_its_frame_is_acknowledged_still_replays_its_data() {
+    let start = Instant::now();
+    let mut cfg = RequesterConfig::new(MacAddr::local(1), NODE, MEM).with_mtu(9000);
+    cfg.request_timeout = Duration::from_millis(30);
+    cfg.reconnect_after = Duration::from_secs(60);
+    let mut b = Bench::new(0, 9000);
+    b.reqs.push(RequesterCore::new(cfg, start));
+    b.done.push(Vec::new());
+    b.reqs[0].open(start);
+    // A first read opens the link and brings the node's credit grants.
+    b.reqs[0].submit(1, OpKind::Read, 0, vec![0; 64]);
+    b.run(0, 1, &mut keep);
+    // From now on every frame towards the node is lost.
+    b.reqs[0].submit(2, OpKind::Write, 0, vec![0x5a; 8192]);
+    let mut frames = Vec::new();
+    let t0 = b.now;
+    let r = &mut b.reqs[0];
+    let failed = loop {
+        assert!(
+            b.now - t0 < Duration::from_secs(1),
+            "the write never failed"
+        );
+        r.poll_transmit(b.now, 64, &mut |f| frames.push(f.to_vec()));
+        if let Some(c) = r.drain_completions().next() {
+            break c;
+        }
+        b.now += Duration::from_millis(1);
+    };
+    assert_eq!(failed.token, 2);
+    assert!(failed.result.is_err());
+    assert!(
+        frames.iter().any(|f| f.len() > 8192),
+        "the write went out before failing"
+    );
+    // The link still replays the frame (nothing acknowledged it): with the data first sent.
+    frames.clear();
+    for _ in 0..1500 {
+        b.now += Duration::from_millis(1);
+        r.poll_transmit(b.now, 64, &mut |f| frames.push(f.to_vec()));
+    }
+    let replays: Vec<_> = frames.iter().filter(|f| f.len() > 8192).collect();
+    assert!(!replays.is_empty(), "no replay of the write's frame");
+    for f in replays {
+        assert!(f.iter().filter(|&&x| x == 0x5a).count() >= 8192);
+    }
+}

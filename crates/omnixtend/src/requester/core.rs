@@ -62,7 +62,27 @@ struct Op {
     planner: Planner,
     outstanding: usize,
     error: Option<IoError>,
+    /// Live [`Lend`]s of this op's buffer.
+    lent: usize,
 }
+
+/// Write data that unacknowledged frames send straight from a request's buffer
+/// ([`FrameBuilder::push_external`]) instead of from a copy in the frame. The frame may be
+/// replayed until acknowledged, so the bytes must outlive the request: a request finishing
+/// while some of its data is lent (an error, or a peer acknowledging out of the usual order)
+/// first copies that data here.
+#[derive(Debug, Default)]
+struct Lend {
+    op: usize,
+    off: usize,
+    len: usize,
+    /// The bytes, once the request has finished.
+    owned: Option<Box<[u8]>>,
+    live: bool,
+}
+
+/// Writes of at least this many bytes are sent from the request's buffer without a copy.
+const ZERO_COPY_MIN: usize = 2048;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
@@ -97,6 +117,8 @@ struct Inner {
     done: Vec<Completion>,
     stats: RequesterStats,
     max_size: u8,
+    lends: Vec<Lend>,
+    free_lends: Vec<usize>,
 }
 
 /// The requester state machine (no I/O). See the module documentation.
@@ -149,6 +171,8 @@ impl RequesterCore {
             done: Vec::new(),
             stats: RequesterStats::default(),
             max_size,
+            lends: Vec::new(),
+            free_lends: Vec::new(),
         };
         RequesterCore {
             link,
@@ -160,6 +184,7 @@ impl RequesterCore {
     /// Opens (or reopens) the connection.
     pub fn open(&mut self, now: Instant) {
         self.link.open(now);
+        self.inner.release_all_lends();
     }
 
     /// Asks the link to close once everything queued has gone out.
@@ -248,6 +273,7 @@ impl RequesterCore {
         if matches!(self.link.stalled_for(now), Some(d) if d >= self.inner.cfg.reconnect_after) {
             tracing::warn!(peer = %self.inner.cfg.link.peer, "link stalled; reopening the connection");
             self.link.open(now);
+            self.inner.release_all_lends();
             self.inner.stats.reconnects += 1;
             self.inner.requeue_all();
         }
@@ -276,6 +302,7 @@ impl Inner {
             planner,
             outstanding: 0,
             error: None,
+            lent: 0,
         };
         let idx = match self.free_ops.pop() {
             Some(i) => {
@@ -363,6 +390,9 @@ impl Inner {
         if !finished {
             return;
         }
+        if op.lent > 0 {
+            self.keep_lent(idx);
+        }
         let Some(op) = self.ops[idx].take() else {
             return;
         };
@@ -385,6 +415,66 @@ impl Inner {
             token: op.token,
             result,
         });
+    }
+
+    /// Records `len` bytes at `off` of op `op`'s buffer as sent from there; returns the key.
+    fn lend(&mut self, op: usize, off: usize, len: usize) -> u64 {
+        let lend = Lend {
+            op,
+            off,
+            len,
+            owned: None,
+            live: true,
+        };
+        let i = if let Some(i) = self.free_lends.pop() {
+            self.lends[i] = lend;
+            i
+        } else {
+            self.lends.push(lend);
+            self.lends.len() - 1
+        };
+        if let Some(o) = self.ops[op].as_mut() {
+            o.lent += 1;
+        }
+        i as u64
+    }
+
+    /// Op `idx` is finishing with data still lent: copies that data into its lends.
+    fn keep_lent(&mut self, idx: usize) {
+        let Some(op) = self.ops[idx].as_mut() else {
+            return;
+        };
+        for l in &mut self.lends {
+            if l.live && l.op == idx && l.owned.is_none() {
+                let bytes = op.buf.get(l.off..l.off + l.len).unwrap_or_default();
+                l.owned = Some(Box::from(bytes));
+                op.lent -= 1;
+            }
+        }
+    }
+
+    /// The link forgot every frame (a reopened connection): nothing is lent any more.
+    fn release_all_lends(&mut self) {
+        for i in 0..self.lends.len() {
+            self.release_lend(i as u64);
+        }
+    }
+
+    fn release_lend(&mut self, key: u64) {
+        let Some(i) = usize::try_from(key).ok().filter(|&i| i < self.lends.len()) else {
+            return;
+        };
+        let l = &mut self.lends[i];
+        if !l.live {
+            return;
+        }
+        l.live = false;
+        if l.owned.take().is_none() {
+            if let Some(op) = self.ops[l.op].as_mut() {
+                op.lent -= 1;
+            }
+        }
+        self.free_lends.push(i);
     }
 
     /// Puts every transfer in flight back in the send queue (after a reconnection).
@@ -463,17 +553,37 @@ impl Inner {
     }
 
     /// Adds transfer `slot`'s message to `frame`; full writes in raw lane order copy their
-    /// data straight from the request's buffer.
+    /// data straight from the request's buffer, or, if large, leave it there for the
+    /// transport to send (not in C-driver mode, whose peers acknowledge loosely).
     fn push(
-        &self,
+        &mut self,
         frame: &mut FrameBuilder<'_>,
         slot: usize,
         repr: &MessageRepr,
     ) -> crate::wire::Result<()> {
         let s = &self.slots[slot];
         let txn = s.txn;
-        if txn.kind == TxnKind::PutFull && self.cfg.lane_order == LaneOrder::Raw && txn.len >= FLIT
+        let op = s.op;
+        let raw_full = txn.kind == TxnKind::PutFull
+            && self.cfg.lane_order == LaneOrder::Raw
+            && txn.len >= FLIT;
+        let in_buf = self.ops[op]
+            .as_ref()
+            .is_some_and(|o| o.buf.len() >= txn.buf_off + txn.len);
+        if raw_full
+            && in_buf
+            && txn.len >= ZERO_COPY_MIN
+            && frame.allows_external()
+            && !self.cfg.link.compat.tolerant_receive
         {
+            let key = self.lend(op, txn.buf_off, txn.len);
+            let pushed = frame.push_external(repr, key, txn.len);
+            if pushed.is_err() {
+                self.release_lend(key);
+            }
+            return pushed;
+        }
+        if raw_full {
             let data = self.ops[s.op]
                 .as_ref()
                 .and_then(|op| op.buf.get(txn.buf_off..txn.buf_off + txn.len));
@@ -527,9 +637,24 @@ impl MessageSource for Inner {
     fn has_pending(&self) -> bool {
         !self.send_q.is_empty()
     }
+
+    fn external(&self, key: u64, len: usize) -> Option<&[u8]> {
+        let l = self.lends.get(usize::try_from(key).ok()?)?;
+        if !l.live || l.len != len {
+            return None;
+        }
+        match &l.owned {
+            Some(b) => Some(b),
+            None => self.ops[l.op].as_ref()?.buf.get(l.off..l.off + l.len),
+        }
+    }
 }
 
 impl MessageSink for Inner {
+    fn released(&mut self, key: u64) {
+        self.release_lend(key);
+    }
+
     fn deliver(&mut self, msg: &Message<'_>) {
         let slot = match (msg.header.chan, self.slot_of(msg.header.source)) {
             (Channel::D, Some(slot)) => slot,
