@@ -195,3 +195,78 @@ fn opening_a_directory_or_missing_file_fails_clearly() {
     assert!(err.to_string().contains("neither"), "{err}");
     assert!(FileBackend::open(&dir.path().join("missing"), FileOptions::default()).is_err());
 }
+
+/// On a RAM-backed file (tmpfs), small vectored transfers complete inline (reaped at once,
+/// no io-wq hop) and large ones through the ring; both move the right bytes, whatever the
+/// pieces, and a file on a disk file system is not taken for RAM.
+#[test]
+fn ram_backed_files_do_small_vectored_io_inline() {
+    use crate::RawSlice;
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("skipping: no /dev/shm");
+        return;
+    }
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    let Some(b) = open(
+        dir.path(),
+        FileOptions {
+            engine: Engine::IoUring,
+            ..FileOptions::default()
+        },
+    ) else {
+        return;
+    };
+    assert!(b.inner.ram_backed, "/dev/shm is tmpfs");
+    let disk = tempfile::tempdir().unwrap();
+    if let Some(d) = open(
+        disk.path(),
+        FileOptions {
+            engine: Engine::IoUring,
+            ..FileOptions::default()
+        },
+    ) {
+        assert_eq!(d.inner.ram_backed, in_ram(&d.inner.buffered));
+    }
+    let mut q = b.open_queue(8).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for (i, len) in [512usize, 4096, 12288, 65536, 65536 + 4096, 1 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        let offset = (i as u64) * (1 << 20) + 512;
+        // Pieces of uneven sizes.
+        let cuts = [0, len / 3, len / 3 + 1, len];
+        let pieces = |buf: &[u8]| -> Vec<RawSlice> {
+            cuts.windows(2)
+                .filter(|w| w[1] > w[0])
+                .map(|w| RawSlice {
+                    ptr: buf[w[0]..].as_ptr().cast_mut(),
+                    len: w[1] - w[0],
+                })
+                .collect()
+        };
+        let iov = pieces(&data);
+        // SAFETY: `data` outlives the transfer, which is reaped below.
+        unsafe { q.submit_vectored(1, offset, &iov, true) }.unwrap();
+        let inline = len <= 64 << 10;
+        let mut out = Vec::new();
+        assert_eq!(
+            q.reap(&mut out),
+            usize::from(inline),
+            "len {len}: inline = {inline}"
+        );
+        q.commit().unwrap();
+        out.extend(wait_all(q.as_mut(), usize::from(!inline)));
+        assert!(out[0].result.is_ok());
+        let back = vec![0u8; len];
+        let iov = pieces(&back);
+        // SAFETY: `back` outlives the transfer, which is reaped below.
+        unsafe { q.submit_vectored(2, offset, &iov, false) }.unwrap();
+        q.commit().unwrap();
+        let done = wait_all(q.as_mut(), 1);
+        assert!(done[0].result.is_ok());
+        assert!(back == data, "len {len}: read back differs");
+    }
+}
