@@ -70,9 +70,15 @@ start_node --compat c
 probe --size 4M --block 4K --depth 32 --c-compat --verify || fail "verify in C-compatible mode"
 stop_node
 
-echo "== MTU 9000, spec lane order (8 KiB transfers)"
+echo "== MTU 9000, raw and spec lane orders (8 KiB transfers)"
 ip -n "$NA" link set va mtu 9000
 ip -n "$NB" link set vb mtu 9000
+start_node
+# Raw lanes: 8 KiB reads leave the node straight from its memory and 8 KiB writes leave the
+# requester straight from the request's buffer (one iovec each, no copy into the frame).
+probe --size 16M --block 64K --depth 16 --verify || fail "verify at MTU 9000 (raw lanes)"
+probe --size 3M --block 9000 --depth 64 --verify || fail "verify at MTU 9000 with odd pieces"
+stop_node
 start_node --lane-order spec
 probe --size 16M --block 64K --depth 16 --lane-order spec --verify || fail "verify at MTU 9000"
 echo "== a misconfigured range is denied, not corrupted"
