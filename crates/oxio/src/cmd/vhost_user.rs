@@ -95,7 +95,7 @@ pub struct BlkArgs {
     /// sleeps; it adapts below this to how soon work really comes, and drops to no polling
     /// on an idle device. Polling spares the guest its notifications (VM exits) and the
     /// thread its wake-ups, at the cost of host CPU while requests keep coming. 0: never.
-    #[arg(long, default_value_t = 128, value_name = "US")]
+    #[arg(long, default_value_t = 256, value_name = "US")]
     pub poll_max_us: u64,
     /// Longest time (µs) a completion waits for others still in flight on the backend so the
     /// guest gets them with one interrupt. A lone request is never delayed. 0: never wait.
