@@ -16,6 +16,9 @@
 # machine is shared). Prints a Markdown table of MB/s and ratios; raw values go to stderr.
 # DEPTH (default 256) is the number of requests in flight for oxio AND for the ceiling (write:
 # DEPTH frames in flight; read: DEPTH/16 frames of 16 Gets), so both get the same window.
+# A second table gives the CPU time each process spent per operation (per data frame for the
+# ceiling): the node's and the echo's from /proc/PID/stat, the probe's and the blaster's from
+# their rusage; on a shared machine these are steadier evidence than throughput.
 # Usage: [DEPTH=256] benches/omnixtend-veth.sh [SECONDS_PER_MEASUREMENT=2] [ROUNDS=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +39,7 @@ cleanup() {
     [ -n "$BG" ] && kill "$BG" 2>/dev/null && wait "$BG" 2>/dev/null
     ip netns del "$NA" 2>/dev/null || true
     ip netns del "$NB" 2>/dev/null || true
+    rm -f "$CPUF"
 }
 trap cleanup EXIT INT TERM
 ip netns add "$NA"
@@ -53,6 +57,24 @@ field() { grep "\"phase\":\"$1\"" | json "$2"; }
 best() { python3 -c "import sys; print(max(float(x) for x in sys.argv[1:]))" "$@"; }
 median() { python3 -c "import statistics,sys; print('%.1f' % statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
 start_bg() { ip netns exec "$NB" "$@" 2>/dev/null & BG=$!; sleep 0.3; }
+# CPU ticks (utime + stime) of the background process.
+bg_ticks() { awk '{print $14 + $15}' "/proc/$BG/stat"; }
+TICK=$(getconf CLK_TCK)
+CPUF=$(mktemp)
+# Runs a command in the requester's namespace; prints its stdout; its CPU seconds go to $CPUF.
+A_cpu() {
+    ip netns exec "$NA" python3 -c '
+import resource, subprocess, sys
+p = subprocess.run(sys.argv[2:], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write("%f" % (r.ru_utime + r.ru_stime))
+sys.stdout.write(p.stdout.decode())
+sys.exit(p.returncode)
+' "$CPUF" "$@"
+}
+# Microseconds per unit: per_us TICKS_OR_SECONDS(ticks|s) VALUE COUNT
+per_us() { python3 -c "import sys; v=float('$2')/($TICK if '$1'=='ticks' else 1); print('%.2f' % (v*1e6/max(1,float('$3'))))"; }
+declare -A CPU=()
 stop_bg() { kill "$BG"; wait "$BG" 2>/dev/null || true; BG=; }
 
 echo "Median of $ROUNDS interleaved rounds of $SECS s per measurement; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -73,18 +95,39 @@ for cfg in "1500 1024" "9000 8192"; do
         # window that suits the blaster less never lowers the bar.
         for cd in $(printf '%s\n' "$DEPTH" 128 | sort -un); do
             # Writes: a PutFullData-sized frame out, a small ack frame back, cd in flight.
-            V[cw$cd]+=" $(A "$RAW" blast va $NODE_MAC $PUT 70 1 "$cd" "$SECS" 1 | json 'd["payload_mb_per_s"]')"
+            T0=$(bg_ticks)
+            OUT=$(A_cpu "$RAW" blast va $NODE_MAC $PUT 70 1 "$cd" "$SECS" 1)
+            N=$(echo "$OUT" | json 'd["sent"]')
+            V[cw$cd]+=" $(echo "$OUT" | json 'd["payload_mb_per_s"]')"
+            if [ "$cd" = "$DEPTH" ]; then
+                CPU[$MTU,echo,write]+=" $(per_us ticks $(($(bg_ticks) - T0)) "$N")"
+                CPU[$MTU,blast,write]+=" $(per_us s "$(cat "$CPUF")" "$N")"
+            fi
             # Reads: a small frame of coalesced Gets out (16 per frame), 16 AccessAckData frames back.
-            V[cr$cd]+=" $(A "$RAW" blast va $NODE_MAC 302 $ACKDATA 16 $((cd / 16)) "$SECS" 0 | json 'd["payload_mb_per_s"]')"
+            T0=$(bg_ticks)
+            OUT=$(A_cpu "$RAW" blast va $NODE_MAC 302 $ACKDATA 16 $((cd / 16)) "$SECS" 0)
+            N=$(echo "$OUT" | json 'd["received"]')
+            V[cr$cd]+=" $(echo "$OUT" | json 'd["payload_mb_per_s"]')"
+            if [ "$cd" = "$DEPTH" ]; then
+                CPU[$MTU,echo,read]+=" $(per_us ticks $(($(bg_ticks) - T0)) "$N")"
+                CPU[$MTU,blast,read]+=" $(per_us s "$(cat "$CPUF")" "$N")"
+            fi
         done
         stop_bg
         start_bg "$OXIO" memory-node --netdev vb --size 256M --prefault --stats-interval 0
         for depth in "$DEPTH" 1; do
-            OUT=$(A "$OXIO" omnixtend probe --netdev va --mac $NODE_MAC --size 256M --block "$XFER" \
-                --depth $depth --seconds "$SECS" --json 2>/dev/null)
+            # One probe per direction (writes first, so reads find data), each timed for CPU.
             for dir in write read; do
+                T0=$(bg_ticks)
+                OUT=$(A_cpu "$OXIO" omnixtend probe --netdev va --mac $NODE_MAC --size 256M \
+                    --block "$XFER" --depth $depth --seconds "$SECS" --mode $dir --json)
                 V[$dir$depth]+=" $(echo "$OUT" | field $dir 'd["mb_per_s"]')"
                 V[${dir}lat$depth]+=" $(echo "$OUT" | field $dir '"%.0f/%.0f" % (d["lat_us"]["p50"], d["lat_us"]["p99"])')"
+                if [ "$depth" = "$DEPTH" ]; then
+                    N=$(echo "$OUT" | field $dir 'd["ops"]')
+                    CPU[$MTU,node,$dir]+=" $(per_us ticks $(($(bg_ticks) - T0)) "$N")"
+                    CPU[$MTU,req,$dir]+=" $(per_us s "$(cat "$CPUF")" "$N")"
+                fi
             done
         done
         stop_bg
@@ -103,3 +146,14 @@ for cfg in "1500 1024" "9000 8192"; do
     echo "raw values MTU $MTU: ceiling write (depth $DEPTH)${V[cw$DEPTH]}, (128)${V[cw128]}; ceiling read (depth $DEPTH)${V[cr$DEPTH]}, (128)${V[cr128]}; write$DEPTH${V[write$DEPTH]}; read$DEPTH${V[read$DEPTH]}; write1${V[write1]}; read1${V[read1]}" >&2
     unset V
 done
+echo
+echo "CPU time per operation (µs; per data frame for the ceiling), medians, depth $DEPTH:"
+echo
+echo "| MTU | direction | echo | blaster | memory node | requester (probe) |"
+echo "|---|---|---|---|---|---|"
+for MTU in 1500 9000; do
+    for dir in write read; do
+        echo "| $MTU | $dir | $(median ${CPU[$MTU,echo,$dir]}) | $(median ${CPU[$MTU,blast,$dir]}) | $(median ${CPU[$MTU,node,$dir]}) | $(median ${CPU[$MTU,req,$dir]}) |"
+    done
+done
+for k in "${!CPU[@]}"; do echo "cpu $k:${CPU[$k]}" >&2; done
