@@ -315,7 +315,10 @@ impl Worker {
             if Instant::now() >= end {
                 return false;
             }
-            std::hint::spin_loop();
+            // Let any other thread that wants this CPU (a vCPU, QEMU's main loop) run
+            // first: polling must not take the CPU from the guest it serves.
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
         }
     }
 
