@@ -93,9 +93,10 @@ pub struct BlkArgs {
     pub serial: String,
     /// Longest time (µs) a queue's thread polls for new requests and completions before it
     /// sleeps; it adapts below this to how soon work really comes, and drops to no polling
-    /// on an idle device. Polling spares the guest its notifications (VM exits) and the
-    /// thread its wake-ups, at the cost of host CPU while requests keep coming. 0: never.
-    #[arg(long, default_value_t = 256, value_name = "US")]
+    /// on an idle device. Polling spares the guest most of its notifications (VM exits), at
+    /// the cost of host CPU while requests keep coming; it yields the CPU to any other
+    /// thread that wants it. 0 (default): never poll.
+    #[arg(long, default_value_t = 0, value_name = "US")]
     pub poll_max_us: u64,
     /// Longest time (µs) a completion waits for others still in flight on the backend so the
     /// guest gets them with one interrupt. A lone request is never delayed. 0: never wait.

@@ -42,7 +42,7 @@ impl Default for BlockConfig {
             size_max: 1 << 20,
             max_range_segments: 16,
             depth: 256,
-            poll_max_ns: 256_000,
+            poll_max_ns: 0,
             coalesce_ns: 0,
         }
     }
