@@ -22,6 +22,7 @@ struct Rig {
     dev: Block,
     drivers: Vec<MockDriver>,
     kicks: Vec<EventFd>,
+    irq: Arc<EventFdInterrupt>,
 }
 
 fn rig_with(cfg: BlockConfig, packed: bool) -> Rig {
@@ -56,11 +57,12 @@ fn rig_on(backend: Arc<dyn oxio_block::BlockBackend>, cfg: BlockConfig, packed: 
         });
         drivers.push(d);
     }
-    dev.activate(mem, irq, queues).unwrap();
+    dev.activate(mem, irq.clone(), queues).unwrap();
     Rig {
         dev,
         drivers,
         kicks,
+        irq,
     }
 }
 
@@ -545,4 +547,33 @@ fn polling_and_coalescing_lose_no_notification() {
         }
     }
     std::fs::remove_file(&path).unwrap();
+}
+
+/// A driver that never takes a completion it was interrupted for (its `used_event` stays
+/// behind the used index, as when the interrupt is lost on the way) is interrupted again by
+/// the worker's watchdog; one that took everything is left alone.
+#[test]
+fn watchdog_interrupts_again_when_the_driver_leaves_completions_behind() {
+    let mut r = rig();
+    assert_eq!(r.write(8, &pattern(512, 1)), status::OK);
+    let irq = r.irq.queue_eventfd(0).unwrap();
+    // The driver took everything and asked for the next completion: no new interrupt.
+    r.drivers[0].set_used_event(1);
+    let _ = irq.read();
+    std::thread::sleep(Duration::from_millis(2600));
+    assert!(
+        irq.read().is_err(),
+        "interrupted a driver that is up to date"
+    );
+    // As if the driver had never seen the completion: interrupted again within a watchdog
+    // period or two.
+    r.drivers[0].set_used_event(0xffff);
+    let start = Instant::now();
+    while irq.read().is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "never interrupted again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -50,6 +50,8 @@ pub(crate) struct WorkerStats {
     pub(crate) poll_hits: u64,
     /// Times the watchdog found requests that came without a notification.
     pub(crate) lost_kicks: u64,
+    /// Times the watchdog interrupted again for completions the driver had not taken.
+    pub(crate) reinterrupts: u64,
 }
 
 /// How long the worker sleeps before it checks for a lost notification.
@@ -163,6 +165,7 @@ impl Worker {
             interrupts = q.interrupts,
             poll_hits = self.stats.poll_hits,
             lost_kicks = self.stats.lost_kicks,
+            reinterrupts = self.stats.reinterrupts,
             "virtio-blk queue stopped"
         );
         let state = (self.index, self.queue.state());
@@ -293,6 +296,24 @@ impl Worker {
                 in_flight,
                 "backend requests outstanding for long"
             );
+        } else if let Some((event, used)) = self.queue.used_event_and_used() {
+            // Everything is done on our side. A driver whose used_event stays behind what we
+            // published has not taken those completions: if it is waiting for them, its
+            // interrupt was lost on the way. Say so and interrupt again (a spurious
+            // interrupt is harmless); 0 is Linux's "callbacks off" marker, not a stall.
+            if event != used && event != 0 && used.wrapping_sub(event) <= self.queue.size() {
+                tracing::warn!(
+                    queue = self.index,
+                    used_event = event,
+                    used,
+                    interrupts = self.queue.stats().interrupts,
+                    "the driver has not taken completions published 2 s ago; interrupting again"
+                );
+                self.stats.reinterrupts += 1;
+                if let Err(e) = self.interrupt.signal_used(self.index) {
+                    tracing::warn!(queue = self.index, error = %e, "cannot signal the driver");
+                }
+            }
         }
     }
 

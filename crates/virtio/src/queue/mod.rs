@@ -701,6 +701,16 @@ impl Queue {
         }
     }
 
+    /// Split ring with EVENT_IDX: the driver's `used_event` and the used index we published
+    /// (equal once the driver has taken every completion and asked for the next one). For
+    /// diagnosing stalls; `None` otherwise.
+    pub fn used_event_and_used(&self) -> Option<(u16, u16)> {
+        match &self.ring {
+            Some(Ring::Split(r)) => r.used_event_and_used(),
+            _ => None,
+        }
+    }
+
     /// Whether the driver has made buffers available that we have not popped.
     pub fn has_available(&mut self, mem: &GuestMemory) -> Result<bool, QueueError> {
         match self.ring(mem)? {

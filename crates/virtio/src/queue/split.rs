@@ -233,6 +233,16 @@ impl SplitRing {
         Ok(self.cached_avail != self.next_avail)
     }
 
+    /// With EVENT_IDX: the driver's `used_event` and our published used index, for
+    /// diagnostics (a driver that stays behind us has not taken completions we published).
+    pub(crate) fn used_event_and_used(&self) -> Option<(u16, u16)> {
+        if !self.features.event_idx {
+            return None;
+        }
+        let event = self.avail.load_u16(RING + 2 * usize::from(self.size))?;
+        Some((event, self.next_used.0))
+    }
+
     pub(crate) fn history_known(&self) -> bool {
         self.signalled_used.is_some()
     }
