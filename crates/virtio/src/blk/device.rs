@@ -149,6 +149,7 @@ impl Block {
             },
             poll: std::time::Duration::ZERO,
             stats: Default::default(),
+            idle_ticks: 0,
         })
     }
 

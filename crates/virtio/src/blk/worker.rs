@@ -54,8 +54,13 @@ pub(crate) struct WorkerStats {
     pub(crate) reinterrupts: u64,
 }
 
-/// How long the worker sleeps before it checks for a lost notification.
-const WATCHDOG_MS: i32 = 2000;
+/// How long the worker sleeps before its watchdog looks at the rings (one tick).
+const WATCHDOG_MS: i32 = 250;
+/// Ticks (2 s) before requests left without a kick are served and reported.
+const LOST_KICK_TICKS: u32 = 8;
+/// Ticks (0.5 s) a driver may stay behind the published used index before it is
+/// interrupted again (then again every `LOST_KICK_TICKS`).
+const REINTERRUPT_TICKS: u32 = 2;
 
 /// A request waiting for the backend.
 struct InFlight<'m> {
@@ -116,6 +121,8 @@ pub(crate) struct Worker {
     /// The current polling window (adapts up to `tuning.poll_max`).
     pub(crate) poll: Duration,
     pub(crate) stats: WorkerStats,
+    /// Watchdog ticks slept in a row with no event.
+    pub(crate) idle_ticks: u32,
 }
 
 #[derive(Default)]
@@ -242,17 +249,26 @@ impl Worker {
                     }
                 }
             }
-            // Sleeping, wake up now and then to check that no notification went missing.
+            // Sleeping, wake up now and then to check that no notification went missing
+            // (without serving the ring unless the watchdog says so).
             let wait = if timeout < 0 { WATCHDOG_MS } else { 0 };
-            let n = match epoll.wait(wait, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+            let n = loop {
+                match epoll.wait(wait, &mut events) {
+                    Ok(0) if timeout < 0 => {
+                        self.idle_ticks += 1;
+                        if self.watchdog(mem, slots.used, broken) {
+                            break 0;
+                        }
+                    }
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
             };
-            if timeout < 0 && n == 0 {
-                self.watchdog(mem, slots.used, broken);
-                continue;
+            if n == 0 && timeout < 0 {
+                continue; // the watchdog found requests left without a kick
             }
+            self.idle_ticks = 0;
             if timeout < 0 {
                 self.adapt_poll(idle_since.elapsed());
             }
@@ -273,13 +289,17 @@ impl Worker {
         }
     }
 
-    /// After a long sleep: buffers in the avail ring mean a driver notification was lost
-    /// (a bug in the driver or in us): say so, with what the worker knows, and serve them.
-    fn watchdog(&mut self, mem: &GuestMemory, in_flight: usize, broken: bool) {
+    /// On each idle tick: after 2 s, buffers in the avail ring mean a driver notification
+    /// was lost (say so and serve them); after 0.5 s with everything done, a driver still
+    /// behind the published used index missed its interrupt (say so and interrupt again).
+    /// Returns whether there are requests to serve.
+    fn watchdog(&mut self, mem: &GuestMemory, in_flight: usize, broken: bool) -> bool {
         if broken || in_flight >= self.depth {
-            return;
+            return false;
         }
-        if self.queue.has_available(mem).unwrap_or(false) {
+        let ticks = self.idle_ticks;
+        let every_2s = ticks % LOST_KICK_TICKS == 0;
+        if every_2s && self.queue.has_available(mem).unwrap_or(false) {
             let q = self.queue.stats();
             tracing::warn!(
                 queue = self.index,
@@ -290,7 +310,11 @@ impl Worker {
                 "requests were waiting without a notification; serving them"
             );
             self.stats.lost_kicks += 1;
+            return true;
         } else if in_flight > 0 {
+            if !every_2s {
+                return false;
+            }
             tracing::warn!(
                 queue = self.index,
                 in_flight,
@@ -301,13 +325,14 @@ impl Worker {
             // published has not taken those completions: if it is waiting for them, its
             // interrupt was lost on the way. Say so and interrupt again (a spurious
             // interrupt is harmless); 0 is Linux's "callbacks off" marker, not a stall.
-            if event != used && event != 0 && used.wrapping_sub(event) <= self.queue.size() {
+            let due = ticks % LOST_KICK_TICKS == REINTERRUPT_TICKS;
+            if due && event != used && event != 0 && used.wrapping_sub(event) <= self.queue.size() {
                 tracing::warn!(
                     queue = self.index,
                     used_event = event,
                     used,
                     interrupts = self.queue.stats().interrupts,
-                    "the driver has not taken completions published 2 s ago; interrupting again"
+                    "the driver has not taken completions published 0.5 s ago; interrupting again"
                 );
                 self.stats.reinterrupts += 1;
                 if let Err(e) = self.interrupt.signal_used(self.index) {
@@ -315,6 +340,7 @@ impl Worker {
                 }
             }
         }
+        false
     }
 
     /// Polls until `end` for buffers in the avail ring or completions from the backend.
