@@ -10,7 +10,8 @@
 //! (`BlockConfig::coalesce_ns`) holds a batch of completions while others are still in flight
 //! on the backend, so they cost the driver one interrupt. A stop drains the requests in
 //! flight before returning, so no request the driver made available is lost or completed
-//! twice; a watchdog serves (and reports) requests that arrive without a notification.
+//! twice. A watchdog serves (and reports) requests that arrive without a notification, and
+//! interrupts again a driver that has not taken completions it was interrupted for.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
