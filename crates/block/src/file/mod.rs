@@ -73,11 +73,6 @@ struct FileInner {
     zero_range_ok: AtomicBool,
     /// Cleared the first time `FALLOC_FL_PUNCH_HOLE` says "not supported".
     punch_ok: AtomicBool,
-    /// The file lives in RAM (tmpfs, ramfs) and is not opened `O_DIRECT`: small reads and
-    /// writes are memory copies that never wait for a device, so the io_uring engine does
-    /// them inline instead of handing them to an io-wq thread (which io_uring does for
-    /// every tmpfs request, as tmpfs has no `RWF_NOWAIT`).
-    ram_backed: bool,
 }
 
 impl FileBackend {
@@ -129,33 +124,17 @@ impl FileBackend {
         };
         let inner = FileInner {
             path: path.to_owned(),
+            buffered,
             direct,
             caps,
             engine: options.engine,
             zero_range_ok: AtomicBool::new(true),
             punch_ok: AtomicBool::new(true),
-            ram_backed: !is_block && !options.direct && in_ram(&buffered),
-            buffered,
         };
         Ok(FileBackend {
             inner: Arc::new(inner),
         })
     }
-}
-
-/// Whether `file` is on a RAM file system (tmpfs, ramfs).
-fn in_ram(file: &File) -> bool {
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    // SAFETY: statfs is plain data; all zeroes is a valid value.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid fd and a valid out-pointer for the duration of the call.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
-        return false;
-    }
-    #[allow(clippy::useless_conversion)] // `f_type`'s type differs between architectures
-    let kind = i64::from(st.f_type);
-    matches!(kind, TMPFS_MAGIC | RAMFS_MAGIC)
 }
 
 /// Reads the kernel's rotational hint for a block device (`false` when unknown).

@@ -22,10 +22,6 @@ const MAX_SQE_BYTES: usize = 1 << 30;
 /// Most iovecs in one SQE (the kernel's `UIO_MAXIOV`); more complete in several steps.
 const MAX_IOVECS: usize = 1024;
 
-/// Largest vectored transfer done inline on a RAM-backed file (a memory copy this size
-/// costs less than the thread hop io_uring would make; bigger ones overlap on io-wq).
-const INLINE_MAX_BYTES: usize = 64 << 10;
-
 #[derive(Debug)]
 struct Slot {
     /// The request; for a vectored one, its tag with a placeholder op (`vec` has the rest).
@@ -261,61 +257,6 @@ impl UringQueue {
     fn slots_in_use(&self) -> usize {
         self.depth - self.free.len()
     }
-
-    /// A vectored read or write done at once with `preadv`/`pwritev` on the buffered file
-    /// (RAM-backed: a memory copy). Short transfers continue; a read past the end of the
-    /// file (which shrank) reads zeroes.
-    ///
-    /// # Safety
-    /// `iov` must describe memory valid for the transfer (writable for a read).
-    unsafe fn transfer_inline(
-        &self,
-        offset: u64,
-        iov: &[RawSlice],
-        total: usize,
-        write: bool,
-    ) -> Result<()> {
-        let mut vec = VecIo {
-            offset,
-            write,
-            iov: iov.to_vec(),
-            total,
-            aligned: false,
-            cur: IoVecs::default(),
-        };
-        let fd = self.inner.buffered.as_raw_fd();
-        let mut done = 0;
-        while done < total {
-            let len = vec.fill_cur(done);
-            let at = libc::off_t::try_from(offset + done as u64)
-                .map_err(|_| BlockError::from_errno("inline transfer", libc::EINVAL))?;
-            let cnt = libc::c_int::try_from(vec.cur.0.len()).unwrap_or(libc::c_int::MAX);
-            // SAFETY: `cur` holds `cnt` iovecs into memory the caller vouches for.
-            let n = unsafe {
-                if write {
-                    libc::pwritev(fd, vec.cur.0.as_ptr(), cnt, at)
-                } else {
-                    libc::preadv(fd, vec.cur.0.as_ptr(), cnt, at)
-                }
-            };
-            match usize::try_from(n) {
-                Ok(0) if !write => {
-                    vec.zero_from(done);
-                    return Ok(());
-                }
-                Ok(0) => return Err(BlockError::from_errno("inline write", libc::EIO)),
-                Ok(n) => done += n.min(len),
-                Err(_) => {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() != std::io::ErrorKind::Interrupted {
-                        let what = if write { "inline write" } else { "inline read" };
-                        return Err(BlockError::io(what, e));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 impl BlockQueue for UringQueue {
@@ -420,13 +361,6 @@ impl BlockQueue for UringQueue {
         };
         if check.is_err() || total == 0 {
             self.inline_done.push(Completion::new(req, check));
-            return Ok(());
-        }
-        if self.inner.ram_backed && total <= INLINE_MAX_BYTES && iov.len() <= MAX_IOVECS {
-            // SAFETY: the caller's contract (memory valid and ours until reaped) covers a
-            // transfer done right now.
-            let result = unsafe { self.transfer_inline(offset, iov, total, write) };
-            self.inline_done.push(Completion::new(req, result));
             return Ok(());
         }
         let Some(index) = self.free.pop() else {
