@@ -56,17 +56,19 @@ check "qemu-io write/read/zero/discard/flush patterns" qemu-io -f raw \
     -c 'write -P 0xcd 4M 1M' -c 'discard 4M 1M' -c 'read -P 0 4M 1M' \
     -c 'aio_write -P 0x11 8M 256k' -c 'aio_write -P 0x22 9M 256k' -c 'aio_flush' \
     -c 'read -P 0x11 8M 256k' -c 'read -P 0x22 9M 256k' -c flush "$main_uri"
-qemu_io_no_errors() { ! qemu-io -f raw -c 'read -P 0xab 0 1M' -c 'read -P 0x5a 1M 64k' "$main_uri" | grep -qi "fail\|error\|mismatch"; }
+qemu_io_no_errors() { ! qemu-io -f raw -c 'read -P 0xab 0 1M' -c 'read -P 0x5a 1M 64k' "$main_uri" | grep -i "fail\|error\|mismatch" >/dev/null; }
 check "qemu-io data persists across connections" qemu_io_no_errors
-qemu_info() { qemu-img info --output=json "$main_uri" | grep -q '"virtual-size": 1073741824'; }
+qemu_info() { qemu-img info --output=json "$main_uri" | grep '"virtual-size": 1073741824' >/dev/null; }
 check "qemu-img info reports 1 GiB" qemu_info
+# (`grep >/dev/null`, not `grep -q`, after a pipe: `-q` stops reading at the first match, and
+# under pipefail the writer can then die of SIGPIPE and fail the check.)
 qemu_map() {
     # 0-1 MiB + 64 KiB written, 2-3 MiB zeroed and 4-5 MiB discarded (holes), 8 MiB data.
     local m; m=$(qemu-img map --output=json "$main_uri")
     echo "$m"
-    echo "$m" | grep -q '"start": 0, "length": 1114112, .*"data": true' &&
-        echo "$m" | grep -q '"start": 1114112, "length": 7274496, .*"zero": true, "data": false' &&
-        echo "$m" | grep -q '"start": 8388608, "length": 262144, .*"data": true'
+    echo "$m" | grep '"start": 0, "length": 1114112, .*"data": true' >/dev/null &&
+        echo "$m" | grep '"start": 1114112, "length": 7274496, .*"zero": true, "data": false' >/dev/null &&
+        echo "$m" | grep '"start": 8388608, "length": 262144, .*"data": true' >/dev/null
 }
 check "qemu-img map shows data and holes" qemu_map
 head -c 256M /dev/urandom >"$work/local.img"
@@ -105,7 +107,7 @@ for cap in cache df fast-zero flush fua multi-conn structured-reply trim zero; d
 done
 not_ro() { nbdinfo --is read-only "$main_uri"; [ $? -eq 2 ]; }
 check "nbdinfo --is read-only is false" not_ro
-systemd_activation() { nbdinfo --size -- [ "$OXIO" serve -b memory:3M ] | grep -qx 3145728; }
+systemd_activation() { nbdinfo --size -- [ "$OXIO" serve -b memory:3M ] | grep -x 3145728 >/dev/null; }
 check "systemd socket activation (nbdinfo -- [ oxio serve ])" systemd_activation
 sd_notify() {
     python3 -c "
@@ -123,15 +125,15 @@ print(s.recv(100).decode().strip(), s.recv(100).decode().strip())" "$work/notify
 check "systemd notify: READY=1 when listening, STOPPING=1 on SIGTERM" sd_notify
 
 tcp_uri=$(grep -o 'nbd://127.0.0.1:[0-9]*/oxio' "$work/main.out" | head -1)
-tcp() { [ -n "$tcp_uri" ] && nbdinfo --size "$tcp_uri" | grep -qx 1073741824 &&
-    qemu-io -f raw -c 'read -P 0xab 0 1M' "$tcp_uri" | grep -q 'read 1048576/1048576'; }
+tcp() { [ -n "$tcp_uri" ] && nbdinfo --size "$tcp_uri" | grep -x 1073741824 >/dev/null &&
+    qemu-io -f raw -c 'read -P 0xab 0 1M' "$tcp_uri" | grep 'read 1048576/1048576' >/dev/null; }
 check "TCP listener ($tcp_uri)" tcp
 
 echo "== read-only export"
 start_server ro --read-only -b memory:16M
 ro_pid=$server_pid ro_uri=$uri
 check "nbdinfo --is read-only" nbdinfo --is read-only "$ro_uri"
-ro_write() { ! qemu-io -f raw -c 'write -P 1 0 4k' "$ro_uri" 2>&1 | grep -q '^wrote'; }
+ro_write() { ! qemu-io -f raw -c 'write -P 1 0 4k' "$ro_uri" 2>&1 | grep '^wrote' >/dev/null; }
 check "writes to a read-only export fail" ro_write
 check "read-only server stops cleanly" stop_server "$ro_pid"
 
