@@ -5,5 +5,6 @@ pub mod endpoint;
 pub mod fuzzing;
 pub mod link;
 pub mod requester;
+mod slots;
 pub mod transport;
 pub mod wire;

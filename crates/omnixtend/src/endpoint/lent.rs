@@ -64,13 +64,7 @@ impl Lent {
             snapshot: None,
             live: true,
         };
-        let idx = if let Some(i) = self.free.pop() {
-            self.entries[i] = entry;
-            i
-        } else {
-            self.entries.push(entry);
-            self.entries.len() - 1
-        };
+        let idx = crate::slots::put(&mut self.entries, &mut self.free, entry);
         if self.counts.is_empty() {
             self.counts = vec![0; COUNTERS];
         }

@@ -304,16 +304,7 @@ impl Inner {
             error: None,
             lent: 0,
         };
-        let idx = match self.free_ops.pop() {
-            Some(i) => {
-                self.ops[i] = Some(op);
-                i
-            }
-            None => {
-                self.ops.push(Some(op));
-                self.ops.len() - 1
-            }
-        };
+        let idx = crate::slots::put(&mut self.ops, &mut self.free_ops, Some(op));
         self.op_queue.push_back(idx);
         self.maybe_finish(idx);
     }
@@ -426,13 +417,7 @@ impl Inner {
             owned: None,
             live: true,
         };
-        let i = if let Some(i) = self.free_lends.pop() {
-            self.lends[i] = lend;
-            i
-        } else {
-            self.lends.push(lend);
-            self.lends.len() - 1
-        };
+        let i = crate::slots::put(&mut self.lends, &mut self.free_lends, lend);
         if let Some(o) = self.ops[op].as_mut() {
             o.lent += 1;
         }

@@ -209,6 +209,22 @@ impl Rig {
     }
 }
 
+/// Adds (without publishing) a 4 KiB OUT request of `pattern(4096, seed)` at `sector`.
+fn add_write_4k(d: &mut MockDriver, sector: u64, seed: u8) {
+    let h = d.alloc(16).unwrap();
+    let mut req = header(types::OUT, sector);
+    req.truncate(16);
+    d.write(h, &req);
+    let data = d.alloc(4096).unwrap();
+    d.write(data, &pattern(4096, seed));
+    let st = d.alloc(1).unwrap();
+    d.add_chain(
+        &[Buf::r(h, 16), Buf::r(data, 4096), Buf::w(st, 1)],
+        Placement::Direct,
+    )
+    .unwrap();
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -403,18 +419,7 @@ fn queues_are_served_in_parallel_and_reset_drains() {
     for q in 0..2 {
         let d = &mut r.drivers[q];
         for i in 0..64u64 {
-            let h = d.alloc(16).unwrap();
-            let mut req = header(types::OUT, i * 8 + q as u64 * 1024);
-            req.truncate(16);
-            d.write(h, &req);
-            let data = d.alloc(4096).unwrap();
-            d.write(data, &pattern(4096, i as u8));
-            let st = d.alloc(1).unwrap();
-            d.add_chain(
-                &[Buf::r(h, 16), Buf::r(data, 4096), Buf::w(st, 1)],
-                Placement::Direct,
-            )
-            .unwrap();
+            add_write_4k(d, i * 8 + q as u64 * 1024, i as u8);
         }
         d.publish();
         r.kicks[q].write(1).unwrap();
@@ -509,18 +514,7 @@ fn polling_and_coalescing_lose_no_notification() {
         let mut done = 0usize;
         for i in 0..240u64 {
             let d = &mut r.drivers[0];
-            let h = d.alloc(16).unwrap();
-            let mut req = header(types::OUT, i * 8);
-            req.truncate(16);
-            d.write(h, &req);
-            let data = d.alloc(4096).unwrap();
-            d.write(data, &pattern(4096, i as u8));
-            let st = d.alloc(1).unwrap();
-            d.add_chain(
-                &[Buf::r(h, 16), Buf::r(data, 4096), Buf::w(st, 1)],
-                Placement::Direct,
-            )
-            .unwrap();
+            add_write_4k(d, i * 8, i as u8);
             d.publish();
             if d.kick_needed() {
                 r.kicks[0].write(1).unwrap();
