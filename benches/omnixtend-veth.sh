@@ -19,13 +19,21 @@
 # A second table gives the CPU time each process spent per operation (per data frame for the
 # ceiling): the node's and the echo's from /proc/PID/stat, the probe's and the blaster's from
 # their rusage; on a shared machine these are steadier evidence than throughput.
-# Usage: [DEPTH=256] benches/omnixtend-veth.sh [SECONDS_PER_MEASUREMENT=2] [ROUNDS=3]
+# CASES (default "1500:1024 9000:8192", MTU:transfer pairs) and DIRS (default "write read")
+# select what runs, e.g. `CASES=1500:1024 DIRS=read` for the 1 KiB read row alone (reads then
+# find the node's pre-faulted, never-written memory). SPAN (default 256M) is how much of the
+# node's 256 MiB the probe's random offsets cover; a smaller span is a diagnostic only (e.g.
+# SPAN=4M keeps every page in the TLB and shows what the node's random memory reads cost).
+# Usage: [DEPTH=256] [CASES=..] [DIRS=..] [SPAN=256M] benches/omnixtend-veth.sh [SECONDS_PER_MEASUREMENT=2] [ROUNDS=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "needs root"; exit 1; }
 SECS=${1:-2}
 ROUNDS=${2:-3}
 DEPTH=${DEPTH:-256}
+CASES=${CASES:-1500:1024 9000:8192}
+DIRS=${DIRS:-write read}
+SPAN=${SPAN:-256M}
 [ $((DEPTH % 16)) = 0 ] || { echo "DEPTH must be a multiple of 16"; exit 1; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 cargo build --release -q -p oxio --bin oxio
@@ -77,12 +85,38 @@ per_us() { python3 -c "import sys; v=float('$2')/($TICK if '$1'=='ticks' else 1)
 declare -A CPU=()
 stop_bg() { kill "$BG"; wait "$BG" 2>/dev/null || true; BG=; }
 
+want() { [[ " $DIRS " == *" $1 "* ]]; }
+# Ceiling, writes: a PutFullData-sized frame out, a small ack frame back, $1 in flight.
+ceiling_write() {
+    T0=$(bg_ticks)
+    OUT=$(A_cpu "$RAW" blast va $NODE_MAC $PUT 70 1 "$1" "$SECS" 1)
+    N=$(echo "$OUT" | json 'd["sent"]')
+    V[cw$1]+=" $(echo "$OUT" | json 'd["payload_mb_per_s"]')"
+    if [ "$1" = "$DEPTH" ]; then
+        CPU[$MTU,echo,write]+=" $(per_us ticks $(($(bg_ticks) - T0)) "$N")"
+        CPU[$MTU,blast,write]+=" $(per_us s "$(cat "$CPUF")" "$N")"
+    fi
+}
+# Ceiling, reads: a small frame of coalesced Gets out (16 per frame), 16 AccessAckData frames
+# back, $1 / 16 request frames in flight.
+ceiling_read() {
+    T0=$(bg_ticks)
+    OUT=$(A_cpu "$RAW" blast va $NODE_MAC 302 $ACKDATA 16 $(($1 / 16)) "$SECS" 0)
+    N=$(echo "$OUT" | json 'd["received"]')
+    V[cr$1]+=" $(echo "$OUT" | json 'd["payload_mb_per_s"]')"
+    if [ "$1" = "$DEPTH" ]; then
+        CPU[$MTU,echo,read]+=" $(per_us ticks $(($(bg_ticks) - T0)) "$N")"
+        CPU[$MTU,blast,read]+=" $(per_us s "$(cat "$CPUF")" "$N")"
+    fi
+}
+
 echo "Median of $ROUNDS interleaved rounds of $SECS s per measurement; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+[ "$SPAN" = 256M ] || echo "Diagnostic run: the probe's offsets cover only $SPAN of the node's 256 MiB"
 echo
 echo "| MTU | transfer | direction | ceiling MB/s | oxio pipelined MB/s (depth $DEPTH) | % of ceiling | one-outstanding MB/s | pipelined / one-outstanding | oxio p50/p99 µs | one-outstanding p50/p99 µs |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
-for cfg in "1500 1024" "9000 8192"; do
-    set -- $cfg
+for cfg in $CASES; do
+    set -- ${cfg/:/ }
     MTU=$1 XFER=$2
     ip -n "$NA" link set va mtu "$MTU"
     ip -n "$NB" link set vb mtu "$MTU"
@@ -94,32 +128,16 @@ for cfg in "1500 1024" "9000 8192"; do
         # The ceiling is measured at DEPTH and at 128 in flight; the better median counts, so a
         # window that suits the blaster less never lowers the bar.
         for cd in $(printf '%s\n' "$DEPTH" 128 | sort -un); do
-            # Writes: a PutFullData-sized frame out, a small ack frame back, cd in flight.
-            T0=$(bg_ticks)
-            OUT=$(A_cpu "$RAW" blast va $NODE_MAC $PUT 70 1 "$cd" "$SECS" 1)
-            N=$(echo "$OUT" | json 'd["sent"]')
-            V[cw$cd]+=" $(echo "$OUT" | json 'd["payload_mb_per_s"]')"
-            if [ "$cd" = "$DEPTH" ]; then
-                CPU[$MTU,echo,write]+=" $(per_us ticks $(($(bg_ticks) - T0)) "$N")"
-                CPU[$MTU,blast,write]+=" $(per_us s "$(cat "$CPUF")" "$N")"
-            fi
-            # Reads: a small frame of coalesced Gets out (16 per frame), 16 AccessAckData frames back.
-            T0=$(bg_ticks)
-            OUT=$(A_cpu "$RAW" blast va $NODE_MAC 302 $ACKDATA 16 $((cd / 16)) "$SECS" 0)
-            N=$(echo "$OUT" | json 'd["received"]')
-            V[cr$cd]+=" $(echo "$OUT" | json 'd["payload_mb_per_s"]')"
-            if [ "$cd" = "$DEPTH" ]; then
-                CPU[$MTU,echo,read]+=" $(per_us ticks $(($(bg_ticks) - T0)) "$N")"
-                CPU[$MTU,blast,read]+=" $(per_us s "$(cat "$CPUF")" "$N")"
-            fi
+            want write && ceiling_write "$cd"
+            want read && ceiling_read "$cd"
         done
         stop_bg
         start_bg "$OXIO" memory-node --netdev vb --size 256M --prefault --stats-interval 0
         for depth in "$DEPTH" 1; do
             # One probe per direction (writes first, so reads find data), each timed for CPU.
-            for dir in write read; do
+            for dir in $DIRS; do
                 T0=$(bg_ticks)
-                OUT=$(A_cpu "$OXIO" omnixtend probe --netdev va --mac $NODE_MAC --size 256M \
+                OUT=$(A_cpu "$OXIO" omnixtend probe --netdev va --mac $NODE_MAC --size "$SPAN" \
                     --block "$XFER" --depth $depth --seconds "$SECS" --mode $dir --json)
                 V[$dir$depth]+=" $(echo "$OUT" | field $dir 'd["mb_per_s"]')"
                 V[${dir}lat$depth]+=" $(echo "$OUT" | field $dir '"%.0f/%.0f" % (d["lat_us"]["p50"], d["lat_us"]["p99"])')"
@@ -132,7 +150,7 @@ for cfg in "1500 1024" "9000 8192"; do
         done
         stop_bg
     done
-    for dir in write read; do
+    for dir in $DIRS; do
         k=cw; [ $dir = read ] && k=cr
         C=$(best "$(median ${V[$k$DEPTH]})" "$(median ${V[${k}128]})")
         PM=$(median ${V[${dir}$DEPTH]})
@@ -143,7 +161,7 @@ for cfg in "1500 1024" "9000 8192"; do
         RB=$(python3 -c "print('%.1fx' % ($PM/$SM))")
         echo "| $MTU | $XFER B | $dir | $C | $PM | $PCT | $SM | $RB | $PL | $SL |"
     done
-    echo "raw values MTU $MTU: ceiling write (depth $DEPTH)${V[cw$DEPTH]}, (128)${V[cw128]}; ceiling read (depth $DEPTH)${V[cr$DEPTH]}, (128)${V[cr128]}; write$DEPTH${V[write$DEPTH]}; read$DEPTH${V[read$DEPTH]}; write1${V[write1]}; read1${V[read1]}" >&2
+    echo "raw values MTU $MTU: ceiling write (depth $DEPTH)${V[cw$DEPTH]:-}, (128)${V[cw128]:-}; ceiling read (depth $DEPTH)${V[cr$DEPTH]:-}, (128)${V[cr128]:-}; write$DEPTH${V[write$DEPTH]:-}; read$DEPTH${V[read$DEPTH]:-}; write1${V[write1]:-}; read1${V[read1]:-}" >&2
     unset V
 done
 echo
@@ -151,8 +169,9 @@ echo "CPU time per operation (µs; per data frame for the ceiling), medians, dep
 echo
 echo "| MTU | direction | echo | blaster | memory node | requester (probe) |"
 echo "|---|---|---|---|---|---|"
-for MTU in 1500 9000; do
-    for dir in write read; do
+for cfg in $CASES; do
+    MTU=${cfg%%:*}
+    for dir in $DIRS; do
         echo "| $MTU | $dir | $(median ${CPU[$MTU,echo,$dir]}) | $(median ${CPU[$MTU,blast,$dir]}) | $(median ${CPU[$MTU,node,$dir]}) | $(median ${CPU[$MTU,req,$dir]}) |"
     done
 done
