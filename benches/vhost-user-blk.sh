@@ -5,6 +5,9 @@
 #   1 MiB sequential write and read at QD8, 4 KiB random write and read at QD32.
 # The file is written in full first; ROUNDS rounds alternate which daemon goes first. Prints
 # a markdown table of medians with oxio's IOPS ratio to the peer (and the ratio per round).
+# Then the same workloads side by side: one guest with both daemons' disks, fio on both at
+# once (two jobs sharing the guest's vCPU), which cancels the host-load drift that swings the
+# sequential rounds (see tests/vhost_user_blk_side_by_side.rs).
 #
 # Usage: [OXIO_BENCH_ONLY=rand-write] benches/vhost-user-blk.sh [SECONDS per workload, default 5]
 #        [ROUNDS, default 2]
@@ -16,5 +19,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OXIO_BENCH_SECONDS=${1:-5}
 export OXIO_BENCH_ROUNDS=${2:-2}
-exec cargo test --release --locked -p oxio-guest-harness --test vhost_user_blk_bench -- \
+exec cargo test --release --locked -p oxio-guest-harness --test vhost_user_blk_bench \
+    --test vhost_user_blk_side_by_side -- \
     --ignored --nocapture --test-threads=1

@@ -9,97 +9,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::ffi::OsString;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use oxio_guest_harness::{find_program, static_binary, Guest};
+use oxio_guest_harness::Guest;
 
-/// Workloads: name, fio arguments.
-const WORKLOADS: &[(&str, &str)] = &[
-    ("seq-write 1M QD8", "--rw=write --bs=1M --iodepth=8"),
-    ("seq-read 1M QD8", "--rw=read --bs=1M --iodepth=8"),
-    ("rand-write 4K QD32", "--rw=randwrite --bs=4k --iodepth=32"),
-    ("rand-read 4K QD32", "--rw=randread --bs=4k --iodepth=32"),
-];
+mod vhost_bench;
 
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_listening(sock: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while UnixStream::connect(sock).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{} not listening",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The oxio binary under test: `OXIO_BENCH_OXIO`, or built from this tree.
-fn oxio_binary() -> std::path::PathBuf {
-    std::env::var_os("OXIO_BENCH_OXIO")
-        .map(Into::into)
-        .unwrap_or_else(|| static_binary("oxio", "oxio").unwrap())
-}
-
-/// `OXIO_BENCH_PEER`: another oxio binary (e.g. an older build) to compare with instead of
-/// qemu-storage-daemon, for A/B runs of a change.
-fn peer_oxio() -> Option<std::path::PathBuf> {
-    std::env::var_os("OXIO_BENCH_PEER").map(Into::into)
-}
-
-fn start_oxio(sock: &Path, image: &Path, binary: &Path) -> Peer {
-    let child = Command::new(binary)
-        .args(["vhost-user", "blk", "--socket"])
-        .arg(sock)
-        .arg("--backend")
-        .arg(format!("file:{}", image.display()))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(sock);
-    Peer(child)
-}
-
-fn start_qsd(sock: &Path, image: &Path) -> Peer {
-    let child = Command::new(find_program("qemu-storage-daemon").unwrap())
-        .arg("--blockdev")
-        .arg(format!(
-            "driver=file,node-name=disk,filename={}",
-            image.display()
-        ))
-        .arg("--export")
-        .arg(format!(
-            "type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path={},writable=on",
-            sock.display()
-        ))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(sock);
-    Peer(child)
-}
-
-/// The workloads to run: all, or those whose name contains `OXIO_BENCH_ONLY`.
-fn workloads() -> Vec<(&'static str, &'static str)> {
-    let only = std::env::var("OXIO_BENCH_ONLY").unwrap_or_default();
-    WORKLOADS
-        .iter()
-        .copied()
-        .filter(|(w, _)| w.contains(only.as_str()))
-        .collect()
-}
+use vhost_bench::{
+    cpu_seconds, cpu_seconds_at, env_u32, median, oxio_binary, peer_name, start_oxio, start_peer,
+    workloads,
+};
 
 /// One workload's result.
 struct Figures {
@@ -167,27 +87,6 @@ fn qemu_counters(pid: u32) -> QemuCounters {
             .unwrap_or(0.0);
     }
     c
-}
-
-/// CPU time (user + system, all threads) of process `pid` so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    cpu_seconds_at(Path::new(&format!("/proc/{pid}/stat")))
-}
-
-/// CPU time (user + system) from a `/proc/.../stat` file, in seconds.
-fn cpu_seconds_at(path: &Path) -> f64 {
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start at field 3.
-    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-    let field = |n: usize| -> f64 {
-        rest.split_whitespace()
-            .nth(n - 3)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (field(14) + field(15)) / hz
 }
 
 /// Runs every workload in a guest; `pid` is the daemon, whose CPU time is sampled around
@@ -302,39 +201,18 @@ fn measure(name: &str, sock: &Path, seconds: u32, pid: u32) -> Option<Vec<Figure
         .into()
 }
 
-/// Median of `v` (the mean of the middle two for an even count).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 #[test]
 #[ignore = "benchmark: run benches/vhost-user-blk.sh"]
 fn vhost_user_blk_guest_fio_oxio_vs_qemu_storage_daemon() {
-    let env = |name: &str, default: u32| -> u32 {
-        std::env::var(name)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default)
-    };
-    let seconds = env("OXIO_BENCH_SECONDS", 5);
-    let rounds = env("OXIO_BENCH_ROUNDS", 2).max(1);
+    let seconds = env_u32("OXIO_BENCH_SECONDS", 5);
+    let rounds = env_u32("OXIO_BENCH_ROUNDS", 2).max(1);
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let image = dir.path().join("disk.img");
     // Written in full first, so neither daemon pays for allocating the file's pages.
     std::fs::write(&image, vec![0xa5u8; 256 << 20]).unwrap();
     let sock = dir.path().join("vu.sock");
     let binary = oxio_binary();
-    let peer_binary = peer_oxio();
-    let peer_name = match &peer_binary {
-        Some(p) => format!("peer oxio ({})", p.display()),
-        None => "qemu-storage-daemon".to_string(),
-    };
+    let peer_name = peer_name();
 
     // Rounds alternate which daemon goes first (ABBA...), so drift in the machine's load
     // over the run does not favour either.
@@ -357,10 +235,7 @@ fn vhost_user_blk_guest_fio_oxio_vs_qemu_storage_daemon() {
                 ));
                 drop(peer);
             } else {
-                let peer = match &peer_binary {
-                    Some(b) => start_oxio(&sock, &image, b),
-                    None => start_qsd(&sock, &image),
-                };
+                let peer = start_peer(&sock, &image);
                 theirs.push(measure(
                     "bench-vhost-user-blk-peer",
                     &sock,
