@@ -8,13 +8,17 @@
 # over a 256 MiB region (prefilled before the read and random-write runs). Prints medians of
 # IOPS, MiB/s, oxio's ratio to each peer, and the server's CPU time per request.
 #
-# Usage: [OXIO_BIN=path] benches/nbd-fio.sh [SECONDS per run, default 6] [ROUNDS, default 3]
+# Usage: [OXIO_BIN=path] [ONLY=randwrite-4k] benches/nbd-fio.sh [SECONDS per run, default 6]
+#        [ROUNDS, default 3]
+# ONLY runs the workloads whose name contains it. The last line reports how much CPU time the
+# hypervisor stole during the run (benches/steal.sh): rounds are only comparable when it is low.
 # Needs: fio, nbdkit, qemu-nbd (scripts/setup.d/40-nbd.sh). Client and server share the
 # machine's CPUs, so figures are only comparable within one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runtime=${1:-6}
 rounds=${2:-3}
+. benches/steal.sh
 # The machine is shared: as root, raise this script's priority (inherited by every server and
 # fio) so other work on the box disturbs the comparison less. All three servers get the same.
 if [ "$(id -u)" = 0 ]; then
@@ -74,6 +78,12 @@ workloads=(
     "randwrite-4k randwrite 4k 32"
     "randread-4k randread 4k 32"
 )
+if [ -n "${ONLY:-}" ]; then
+    for i in "${!workloads[@]}"; do
+        [[ ${workloads[$i]} == *"$ONLY"* ]] || unset 'workloads[i]'
+    done
+    workloads=("${workloads[@]}")
+fi
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 
@@ -102,6 +112,7 @@ EOF
 # machine does at a given moment does not always hit the same server. The table reports the
 # median of the rounds.
 declare -A iops mibs cpu ccpu
+steal_start
 servers=(oxio qemu-nbd nbdkit)
 for round in $(seq "$rounds"); do
     order=("${servers[@]:$(( (round - 1) % 3 ))}" "${servers[@]:0:$(( (round - 1) % 3 ))}")
@@ -149,3 +160,5 @@ n, oi, om, qi, qm, ki, km, oc, qc, kc, ocl, qcl, kcl = sys.argv[1], *map(float, 
 print(f"| {n} | {oi:.0f} ({om:.0f}) | {qi:.0f} ({qm:.0f}) | {ki:.0f} ({km:.0f}) | {oi / qi:.2f}x | {oi / ki:.2f}x | {oc:.1f} / {qc:.1f} / {kc:.1f} | {ocl:.1f} / {qcl:.1f} / {kcl:.1f} |")
 EOF
 done
+echo
+steal_report

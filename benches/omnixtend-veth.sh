@@ -27,6 +27,8 @@
 # Usage: [DEPTH=256] [CASES=..] [DIRS=..] [SPAN=256M] benches/omnixtend-veth.sh [SECONDS_PER_MEASUREMENT=2] [ROUNDS=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/steal.sh
+steal_start
 [ "$(id -u)" = 0 ] || { echo "needs root"; exit 1; }
 SECS=${1:-2}
 ROUNDS=${2:-3}
@@ -176,3 +178,5 @@ for cfg in $CASES; do
     done
 done
 for k in "${!CPU[@]}"; do echo "cpu $k:${CPU[$k]}" >&2; done
+echo
+steal_report

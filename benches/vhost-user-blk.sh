@@ -19,6 +19,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OXIO_BENCH_SECONDS=${1:-5}
 export OXIO_BENCH_ROUNDS=${2:-2}
-exec cargo test --release --locked -p oxio-guest-harness --test vhost_user_blk_bench \
+. benches/steal.sh
+steal_start
+cargo test --release --locked -p oxio-guest-harness --test vhost_user_blk_bench \
     --test vhost_user_blk_side_by_side -- \
     --ignored --nocapture --test-threads=1
+echo
+steal_report
