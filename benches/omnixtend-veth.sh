@@ -24,7 +24,10 @@
 # find the node's pre-faulted, never-written memory). SPAN (default 256M) is how much of the
 # node's 256 MiB the probe's random offsets cover; a smaller span is a diagnostic only (e.g.
 # SPAN=4M keeps every page in the TLB and shows what the node's random memory reads cost).
-# Usage: [DEPTH=256] [CASES=..] [DIRS=..] [SPAN=256M] benches/omnixtend-veth.sh [SECONDS_PER_MEASUREMENT=2] [ROUNDS=3]
+# PATTERN (default random) is the probe's --pattern: `sequential` sends each request to the
+# block after the previous one (wrapping at SPAN), so the node's memory reads stream instead of
+# each missing the cache and the TLB; the table then says so.
+# Usage: [DEPTH=256] [CASES=..] [DIRS=..] [SPAN=256M] [PATTERN=random] benches/omnixtend-veth.sh [SECONDS_PER_MEASUREMENT=2] [ROUNDS=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/steal.sh
@@ -36,6 +39,7 @@ DEPTH=${DEPTH:-256}
 CASES=${CASES:-1500:1024 9000:8192}
 DIRS=${DIRS:-write read}
 SPAN=${SPAN:-256M}
+PATTERN=${PATTERN:-random}
 [ $((DEPTH % 16)) = 0 ] || { echo "DEPTH must be a multiple of 16"; exit 1; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 cargo build --release -q -p oxio --bin oxio
@@ -114,6 +118,7 @@ ceiling_read() {
 
 echo "Median of $ROUNDS interleaved rounds of $SECS s per measurement; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 [ "$SPAN" = 256M ] || echo "Diagnostic run: the probe's offsets cover only $SPAN of the node's 256 MiB"
+[ "$PATTERN" = random ] || echo "Offsets: $PATTERN (each request at the block after the previous one)"
 echo
 echo "| MTU | transfer | direction | ceiling MB/s | oxio pipelined MB/s (depth $DEPTH) | % of ceiling | one-outstanding MB/s | pipelined / one-outstanding | oxio p50/p99 µs | one-outstanding p50/p99 µs |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
@@ -140,7 +145,7 @@ for cfg in $CASES; do
             for dir in $DIRS; do
                 T0=$(bg_ticks)
                 OUT=$(A_cpu "$OXIO" omnixtend probe --netdev va --mac $NODE_MAC --size "$SPAN" \
-                    --block "$XFER" --depth $depth --seconds "$SECS" --mode $dir --json)
+                    --pattern "$PATTERN" --block "$XFER" --depth $depth --seconds "$SECS" --mode $dir --json)
                 V[$dir$depth]+=" $(echo "$OUT" | field $dir 'd["mb_per_s"]')"
                 V[${dir}lat$depth]+=" $(echo "$OUT" | field $dir '"%.0f/%.0f" % (d["lat_us"]["p50"], d["lat_us"]["p99"])')"
                 if [ "$depth" = "$DEPTH" ]; then

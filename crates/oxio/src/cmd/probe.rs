@@ -28,7 +28,8 @@ pub enum OmnixtendCommand {
 #[command(
     long_about = "Opens an OmniXtend connection to the memory node at --mac and runs \
 timed phases: writes, then reads, of --block bytes each at random --block-aligned offsets in \
-the first --size bytes, keeping --depth requests in flight. Reports throughput and latency \
+the first --size bytes (one block after another with --pattern sequential), keeping --depth \
+requests in flight. Reports throughput and latency \
 percentiles per phase (and a JSON line with --json). --depth 1 measures the one-request-at-a-\
 time design of the original oxmem-nbd.\n\n\
 Writes overwrite the node's memory in the probed range.\n\n\
@@ -74,6 +75,10 @@ pub struct ProbeArgs {
     /// Phases to run.
     #[arg(long, value_parser = ["write", "read", "both"], default_value = "both")]
     pub mode: String,
+    /// Offsets of the requests: random --block-aligned offsets within --size, or one block
+    /// after another (wrapping at --size), which lets the memory node's reads stream.
+    #[arg(long, value_parser = ["random", "sequential"], default_value = "random")]
+    pub pattern: String,
     /// MTU of the path (default: the interface's, 1500 with --udp).
     #[arg(long)]
     pub mtu: Option<usize>,
@@ -192,12 +197,33 @@ fn connect(args: &ProbeArgs) -> Result<Requester, CmdError> {
         .map_err(|e| format!("cannot reach the memory node {}: {e}", args.mac).into())
 }
 
-/// A tiny deterministic generator for offsets (no need for a crate here).
-fn next_offset(state: &mut u64, slots: u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state % slots.max(1)
+/// Where the next request goes, in --block slots: random (a tiny deterministic xorshift, no
+/// need for a crate here) or one slot after another, wrapping at the end of --size.
+#[derive(Debug, Clone, Copy)]
+struct Offsets {
+    sequential: bool,
+    state: u64,
+}
+
+impl Offsets {
+    fn new(args: &ProbeArgs) -> Self {
+        let sequential = args.pattern == "sequential";
+        let state = if sequential { 0 } else { 0x9e37_79b9_7f4a_7c15 };
+        Self { sequential, state }
+    }
+
+    fn next(&mut self, slots: u64) -> u64 {
+        let slots = slots.max(1);
+        if self.sequential {
+            let slot = self.state % slots;
+            self.state = slot + 1;
+            return slot;
+        }
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state % slots
+    }
 }
 
 /// (submitted, completed, result).
@@ -253,9 +279,8 @@ struct Driver {
     finished: Condvar,
 }
 
-#[derive(Default)]
 struct DriverState {
-    seed: u64,
+    offsets: Offsets,
     outstanding: usize,
     lat: Vec<Duration>,
     error: Option<IoError>,
@@ -285,7 +310,7 @@ impl Driver {
             Ok(buf) => {
                 st.lat.push(now - start);
                 let more = now < self.end && !self.stop.load(Ordering::Relaxed);
-                more.then(|| (buf, next_offset(&mut st.seed, self.slots) * self.block))
+                more.then(|| (buf, st.offsets.next(self.slots) * self.block))
             }
             Err(e) => {
                 st.error.get_or_insert(e);
@@ -326,7 +351,7 @@ fn run_phase_callback(
         end: start + Duration::from_secs_f64(args.seconds),
         stop: stop.clone(),
         state: Mutex::new(DriverState {
-            seed: 0x9e37_79b9_7f4a_7c15,
+            offsets: Offsets::new(args),
             outstanding: depth,
             lat: Vec::with_capacity(1 << 20),
             error: None,
@@ -338,7 +363,7 @@ fn run_phase_callback(
         buf.iter_mut()
             .enumerate()
             .for_each(|(j, b)| *b = u8::try_from((i + j) % 256).unwrap_or(0));
-        let off = next_offset(&mut driver.lock().seed, slots) * args.block;
+        let off = driver.lock().offsets.next(slots) * args.block;
         driver.issue(buf, off);
     }
     let deadline = driver.end + Duration::from_secs(15);
@@ -380,9 +405,9 @@ fn run_phase(
         return Err("--block is larger than --size".into());
     }
     let mailbox = Arc::new(Mailbox::default());
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let submit = |buf: Vec<u8>, seed: &mut u64| {
-        let off = next_offset(seed, slots) * args.block;
+    let mut offsets = Offsets::new(args);
+    let submit = |buf: Vec<u8>, offsets: &mut Offsets| {
+        let off = offsets.next(slots) * args.block;
         let mb = mailbox.clone();
         let start = Instant::now();
         let done = move |r| mb.post((start, Instant::now(), r));
@@ -397,7 +422,7 @@ fn run_phase(
         buf.iter_mut()
             .enumerate()
             .for_each(|(j, b)| *b = u8::try_from((i + j) % 256).unwrap_or(0));
-        submit(buf, &mut seed);
+        submit(buf, &mut offsets);
     }
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(args.seconds);
@@ -423,7 +448,7 @@ fn run_phase(
             phase.ops += 1;
             phase.bytes += args.block;
             if now < end && !stop.load(Ordering::Relaxed) {
-                submit(buf, &mut seed);
+                submit(buf, &mut offsets);
                 outstanding += 1;
             }
         }
@@ -566,4 +591,34 @@ fn probe(args: ProbeArgs) -> Result<(), CmdError> {
     req.shutdown();
     log_stats(&req.stats());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Offsets;
+
+    #[test]
+    fn sequential_offsets_follow_each_other_and_wrap_at_the_end() {
+        let mut o = Offsets {
+            sequential: true,
+            state: 0,
+        };
+        let got: Vec<u64> = (0..7).map(|_| o.next(3)).collect();
+        assert_eq!(got, [0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn random_offsets_stay_in_range_and_are_not_sequential() {
+        let mut o = Offsets {
+            sequential: false,
+            state: 0x9e37_79b9_7f4a_7c15,
+        };
+        let got: Vec<u64> = (0..1000).map(|_| o.next(1 << 18)).collect();
+        assert!(got.iter().all(|&s| s < 1 << 18));
+        assert!(got.windows(2).filter(|w| w[1] == w[0] + 1).count() < 5);
+        let mut distinct = got.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(distinct.len() > 990);
+    }
 }
