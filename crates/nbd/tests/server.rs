@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::thread;
 
 use oxio_block::memory::MemoryBackend;
-use oxio_nbd::server::{Export, ExportSet, Listener, Server, Shutdown, ShutdownTrigger};
+use oxio_nbd::server::{
+    Export, ExportSet, Listener, Server, ShardRuntimes, Shutdown, ShutdownTrigger,
+};
 use oxio_nbd::wire::{
     cflags, chunk, info, opt, rep, ChunkHeader, Command, OptionHeader, OptionReply, RequestHeader,
     SimpleReply,
@@ -26,6 +28,12 @@ struct Running {
 }
 
 fn start() -> Running {
+    start_with_shards(0)
+}
+
+/// A server whose connections run on `shards` single-threaded runtimes (none: on the
+/// runtime that accepts them).
+fn start_with_shards(shards: usize) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
     let mk = |name: &str| {
@@ -41,11 +49,18 @@ fn start() -> Running {
             .enable_all()
             .build()
             .unwrap();
+        let runtimes = (shards > 0).then(|| ShardRuntimes::start(shards, "test-conn").unwrap());
+        let handles = runtimes.as_ref().map(ShardRuntimes::handles);
         rt.block_on(async move {
             let l = Listener::unix(&p).unwrap();
             ready_tx.send(()).unwrap();
-            Server::new(exports).run(vec![l], shutdown).await.unwrap();
+            Server::new(exports)
+                .shards(handles.unwrap_or_default())
+                .run(vec![l], shutdown)
+                .await
+                .unwrap();
         });
+        drop(runtimes);
     });
     ready_rx.recv().unwrap();
     Running {
@@ -479,6 +494,9 @@ mod slow {
 
 #[test]
 fn shutdown_drains_requests_still_in_the_backend() {
+    // On shard runtimes, as `oxio serve` runs connections (the other tests use the
+    // accepting runtime): the drain must reach requests on another runtime's thread.
+    let shards = 2;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("slow.sock");
     let gate = Arc::new(slow::Gate::default());
@@ -492,11 +510,18 @@ fn shutdown_drains_requests_still_in_the_backend() {
             .enable_all()
             .build()
             .unwrap();
+        let runtimes = (shards > 0).then(|| ShardRuntimes::start(shards, "test-conn").unwrap());
+        let handles = runtimes.as_ref().map(ShardRuntimes::handles);
         rt.block_on(async move {
             let l = Listener::unix(&p).unwrap();
             ready_tx.send(()).unwrap();
-            Server::new(exports).run(vec![l], shutdown).await.unwrap();
+            Server::new(exports)
+                .shards(handles.unwrap_or_default())
+                .run(vec![l], shutdown)
+                .await
+                .unwrap();
         });
+        drop(runtimes);
     });
     ready_rx.recv().unwrap();
     let r = Running {
@@ -557,7 +582,21 @@ fn a_live_servers_socket_is_not_stolen_but_a_stale_one_is_replaced() {
 
 #[test]
 fn writes_on_one_connection_are_seen_by_another_after_flush() {
-    let r = start();
+    writes_seen_across_connections(start());
+}
+
+#[test]
+fn connections_spread_over_shard_runtimes_share_data_and_drain() {
+    // Three connections on two shards: two of them live on the same shard's thread.
+    let r = start_with_shards(2);
+    let mut idle = Client::connect(&r, 3);
+    idle.option(opt::GO, &name_and_infos("b", &[]));
+    writes_seen_across_connections(r);
+}
+
+/// Two clients each write and flush, then read what the other wrote (CAN_MULTI_CONN); the
+/// server then stops, which must wait for every connection wherever it runs.
+fn writes_seen_across_connections(r: Running) {
     let mut a = Client::connect(&r, 3);
     let mut b = Client::connect(&r, 3);
     a.option(opt::GO, &name_and_infos("a", &[]));

@@ -3,9 +3,11 @@
 
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::export::ExportSet;
@@ -154,6 +156,22 @@ fn activated(fd: RawFd) -> Result<Listener> {
 pub struct Server {
     exports: Arc<ExportSet>,
     slots: Arc<Semaphore>,
+    shards: Option<Shards>,
+}
+
+/// Runtimes that connections are spread over, one after another: each connection lives on
+/// one of them for its whole life.
+#[derive(Debug, Clone)]
+struct Shards {
+    handles: Arc<[Handle]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Shards {
+    fn pick(&self) -> Handle {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        self.handles[i].clone()
+    }
 }
 
 /// Connections served at once unless [`Server::max_connections`] says otherwise.
@@ -165,7 +183,22 @@ impl Server {
         Server {
             exports: Arc::new(exports),
             slots: Arc::new(Semaphore::new(DEFAULT_MAX_CONNECTIONS)),
+            shards: None,
         }
+    }
+
+    /// Serves each connection on one of `runtimes` (in turn) instead of the runtime that
+    /// accepted it. With one single-threaded runtime per CPU, a connection's requests are
+    /// always handled by the same thread, and threads without connections stay asleep: a
+    /// work-stealing pool would wake its idle workers to look for work on every request,
+    /// taking CPU time from a client on the same machine. An empty list changes nothing.
+    #[must_use]
+    pub fn shards(mut self, runtimes: Vec<Handle>) -> Self {
+        self.shards = (!runtimes.is_empty()).then(|| Shards {
+            handles: runtimes.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+        });
+        self
     }
 
     /// Serves at most `n` connections at once; further clients are closed on accept (so a
@@ -184,8 +217,10 @@ impl Server {
         for l in listeners {
             let (exports, shutdown, done) =
                 (Arc::clone(&self.exports), shutdown.clone(), done_tx.clone());
-            let slots = Arc::clone(&self.slots);
-            accept_tasks.push(tokio::spawn(accept_loop(l, exports, slots, shutdown, done)));
+            let (slots, shards) = (Arc::clone(&self.slots), self.shards.clone());
+            accept_tasks.push(tokio::spawn(accept_loop(
+                l, exports, slots, shards, shutdown, done,
+            )));
         }
         drop(done_tx);
         for t in accept_tasks {
@@ -218,6 +253,7 @@ async fn accept_loop(
     l: Listener,
     exports: Arc<ExportSet>,
     slots: Arc<Semaphore>,
+    shards: Option<Shards>,
     mut shutdown: Shutdown,
     done: mpsc::Sender<()>,
 ) {
@@ -235,11 +271,32 @@ async fn accept_loop(
                 };
                 let (exports, shutdown, done) =
                     (Arc::clone(&exports), shutdown.clone(), done.clone());
-                tokio::spawn(async move {
+                let Some(shards) = &shards else {
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        match conn {
+                            Conn::Tcp(s, peer) => connection(s, peer, exports, shutdown).await,
+                            Conn::Unix(s) => connection(s, "unix".into(), exports, shutdown).await,
+                        }
+                        drop(done);
+                    });
+                    continue;
+                };
+                // The socket moves to the shard's reactor, so its readiness wakes that
+                // shard's thread alone.
+                let conn = match conn.into_std() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(listener = %name, error = %e, "cannot hand a connection over");
+                        continue;
+                    }
+                };
+                shards.pick().spawn(async move {
                     let _slot = slot;
-                    match conn {
-                        Conn::Tcp(s, peer) => connection(s, peer, exports, shutdown).await,
-                        Conn::Unix(s) => connection(s, "unix".into(), exports, shutdown).await,
+                    match conn.into_tokio() {
+                        Ok(Conn::Tcp(s, peer)) => connection(s, peer, exports, shutdown).await,
+                        Ok(Conn::Unix(s)) => connection(s, "unix".into(), exports, shutdown).await,
+                        Err(e) => tracing::warn!(error = %e, "cannot register a connection"),
                     }
                     drop(done);
                 });
@@ -257,6 +314,31 @@ async fn accept_loop(
 enum Conn {
     Tcp(tokio::net::TcpStream, String),
     Unix(tokio::net::UnixStream),
+}
+
+/// A connection between runtimes: deregistered from the one that accepted it.
+enum StdConn {
+    Tcp(std::net::TcpStream, String),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Conn {
+    fn into_std(self) -> std::io::Result<StdConn> {
+        Ok(match self {
+            Conn::Tcp(s, peer) => StdConn::Tcp(s.into_std()?, peer),
+            Conn::Unix(s) => StdConn::Unix(s.into_std()?),
+        })
+    }
+}
+
+impl StdConn {
+    /// Registers the socket with the current runtime (it is still non-blocking).
+    fn into_tokio(self) -> std::io::Result<Conn> {
+        Ok(match self {
+            StdConn::Tcp(s, peer) => Conn::Tcp(tokio::net::TcpStream::from_std(s)?, peer),
+            StdConn::Unix(s) => Conn::Unix(tokio::net::UnixStream::from_std(s)?),
+        })
+    }
 }
 
 async fn accept(l: &Listener) -> std::io::Result<Conn> {

@@ -11,7 +11,9 @@ use std::sync::atomic::AtomicBool;
 use oxio_block::file::{Engine, FileOptions};
 use oxio_block::omnixtend::OmnixtendBackend;
 use oxio_block::SharedBackend;
-use oxio_nbd::server::{listeners_from_systemd, Export, ExportSet, Listener, Server, Shutdown};
+use oxio_nbd::server::{
+    listeners_from_systemd, Export, ExportSet, Listener, Server, ShardRuntimes, Shutdown,
+};
 use oxio_omnixtend::endpoint::{serve as serve_node, EndpointConfig, EndpointCore, Memory};
 use oxio_omnixtend::requester::{Requester, RequesterConfig};
 use oxio_omnixtend::transport::fault::Faults;
@@ -85,7 +87,8 @@ pub struct ServeArgs {
     /// Most clients served at once; more are closed on accept.
     #[arg(long, default_value_t = oxio_nbd::server::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
-    /// Worker threads (default: one per CPU).
+    /// Threads serving connections (default: one per CPU). Each connection stays on one of
+    /// them, taken in turn, so a single client keeps one thread busy and wakes no other.
     #[arg(long)]
     pub threads: Option<usize>,
     /// Let a busy connection poll its socket for up to this many microseconds before it
@@ -110,12 +113,20 @@ pub enum EngineArg {
 
 /// Runs the command.
 pub fn run(args: ServeArgs) -> Result<(), CmdError> {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.threads {
-        rt.worker_threads(n.max(1));
-    }
-    let rt = rt.enable_all().build()?;
-    rt.block_on(serve(args))
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    // Connections run on their own single-threaded runtimes (one per thread, see
+    // `Server::shards`); this one accepts them and handles signals and stats.
+    let shards = ShardRuntimes::start(threads, "oxio-conn")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(serve(args, shards.handles()));
+    drop(rt);
+    shards.stop();
+    result
 }
 
 fn file_options(args: &ServeArgs) -> FileOptions {
@@ -352,13 +363,15 @@ fn print_stats(exports: &ExportSet) {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), CmdError> {
+async fn serve(args: ServeArgs, shards: Vec<tokio::runtime::Handle>) -> Result<(), CmdError> {
     let exports = exports(&args)?;
     let listeners = listeners(&args).await?;
     banner(&exports, &listeners);
     sd_notify("READY=1\n");
     let (trigger, shutdown) = Shutdown::new();
-    let server = Server::new(exports.clone()).max_connections(args.max_connections);
+    let server = Server::new(exports.clone())
+        .max_connections(args.max_connections)
+        .shards(shards);
     let mut task = tokio::spawn(async move { server.run(listeners, shutdown).await });
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
