@@ -53,6 +53,39 @@ pub struct FileOptions {
     pub engine: Engine,
 }
 
+/// The engine `Auto` means for this file: the thread pool for a buffered file in RAM (tmpfs,
+/// ramfs), io_uring otherwise (when the kernel allows it, checked when a queue opens).
+///
+/// On a RAM filesystem io_uring cannot do a read or write without blocking (tmpfs has no
+/// `RWF_NOWAIT`), so it hands every request to an io-wq worker, and it queues buffered writes
+/// to one file behind each other on a single worker. The thread pool runs them in parallel.
+/// Measured with a guest over vhost-user-blk, side by side with qemu-storage-daemon on the
+/// same kind of file: 4 KiB random writes 1.00x with the pool, 0.95x with io_uring
+/// (docs/performance.md).
+fn resolve_engine(engine: Engine, direct: bool, file: &File) -> Engine {
+    if engine != Engine::Auto || direct || !on_ram_filesystem(file) {
+        return engine;
+    }
+    tracing::debug!("backing file in RAM (tmpfs/ramfs): using the thread pool, not io_uring");
+    Engine::ThreadPool
+}
+
+/// Whether `file` lives on tmpfs or ramfs (false when that cannot be told).
+fn on_ram_filesystem(file: &File) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: statfs is plain old data; zeroed is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is valid for the call and `st` is a properly sized, writable
+    // statfs buffer.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)] // f_type's type varies by arch
+    let kind = i64::from(st.f_type as i64);
+    kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
+}
+
 /// Alignment a request needs to use the `O_DIRECT` descriptor.
 const DIRECT_ALIGN: u64 = 4096;
 
@@ -122,12 +155,13 @@ impl FileBackend {
                 max: MAX_IO_BYTES,
             },
         };
+        let engine = resolve_engine(options.engine, options.direct, &buffered);
         let inner = FileInner {
             path: path.to_owned(),
             buffered,
             direct,
             caps,
-            engine: options.engine,
+            engine,
             zero_range_ok: AtomicBool::new(true),
             punch_ok: AtomicBool::new(true),
         };

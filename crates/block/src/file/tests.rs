@@ -195,3 +195,38 @@ fn opening_a_directory_or_missing_file_fails_clearly() {
     assert!(err.to_string().contains("neither"), "{err}");
     assert!(FileBackend::open(&dir.path().join("missing"), FileOptions::default()).is_err());
 }
+
+#[test]
+fn auto_engine_uses_the_thread_pool_for_buffered_files_in_ram_only() {
+    let engine_of = |dir: &Path, direct: bool, engine: Engine| -> Option<Engine> {
+        let options = FileOptions {
+            read_only: false,
+            direct,
+            engine,
+        };
+        FileBackend::open(&backing(dir, SIZE), options)
+            .ok()
+            .map(|b| b.inner.engine)
+    };
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    assert_eq!(
+        engine_of(shm.path(), false, Engine::Auto),
+        Some(Engine::ThreadPool)
+    );
+    // What the user chose is kept, and O_DIRECT (when tmpfs allows it) stays with Auto.
+    assert_eq!(
+        engine_of(shm.path(), false, Engine::IoUring),
+        Some(Engine::IoUring)
+    );
+    if let Some(e) = engine_of(shm.path(), true, Engine::Auto) {
+        assert_eq!(e, Engine::Auto);
+    }
+    // A disk filesystem (the build directory is on one here and in CI) keeps Auto.
+    let disk = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    if !on_ram_filesystem(&std::fs::File::open(disk.path()).unwrap()) {
+        assert_eq!(
+            engine_of(disk.path(), false, Engine::Auto),
+            Some(Engine::Auto)
+        );
+    }
+}
