@@ -40,6 +40,19 @@ pub use run::{GuestOutcome, GuestResult, RunningGuest};
 pub use static_bin::static_binary;
 pub use tap::HostTap;
 
+/// Waits until something accepts connections on the Unix socket `path` (a vhost-user or NBD
+/// daemon the test started); false if nothing does within `timeout`.
+pub fn wait_for_socket(path: &std::path::Path, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
 /// Everything that can go wrong while preparing, booting or judging a guest.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {

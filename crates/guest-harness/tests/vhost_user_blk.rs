@@ -21,12 +21,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::ffi::OsString;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oxio_guest_harness::{find_program, pattern, static_binary, Guest};
+use oxio_guest_harness::{find_program, pattern, static_binary, wait_for_socket, Guest};
 
 const SEED_HOST: u64 = 0x5eed_0001;
 const SEED_GUEST: u64 = 0x5eed_0002;
@@ -62,15 +61,11 @@ impl Daemon {
             .stderr(Stdio::from(out))
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(sock).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not listen on {}",
-                sock.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            wait_for_socket(sock, Duration::from_secs(20)),
+            "daemon did not listen on {}",
+            sock.display()
+        );
         Daemon {
             child: Some(child),
             log,

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 
@@ -41,14 +41,34 @@ fn start_with_shards(shards: usize) -> Running {
     };
     let exports = ExportSet::new(vec![mk("a"), mk("b")]);
     let (trigger, shutdown) = Shutdown::new();
-    let p = path.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let done = thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
+    let done = serve_in_thread(&path, exports, shutdown, shards, || {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .unwrap();
+    });
+    Running {
+        path,
+        trigger,
+        done,
+        _dir: dir,
+    }
+}
+
+/// Serves `exports` on a Unix socket at `path` from a new thread, on the runtime `rt` builds,
+/// with connections on `shards` single-threaded runtimes (none: on that runtime); returns once
+/// the socket listens. The thread ends when `shutdown` has drained the server.
+fn serve_in_thread(
+    path: &Path,
+    exports: ExportSet,
+    shutdown: Shutdown,
+    shards: usize,
+    rt: impl FnOnce() -> std::io::Result<tokio::runtime::Runtime> + Send + 'static,
+) -> thread::JoinHandle<()> {
+    let p = path.to_owned();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let done = thread::spawn(move || {
+        let rt = rt().unwrap();
         let runtimes = (shards > 0).then(|| ShardRuntimes::start(shards, "test-conn").unwrap());
         let handles = runtimes.as_ref().map(ShardRuntimes::handles);
         rt.block_on(async move {
@@ -63,12 +83,7 @@ fn start_with_shards(shards: usize) -> Running {
         drop(runtimes);
     });
     ready_rx.recv().unwrap();
-    Running {
-        path,
-        trigger,
-        done,
-        _dir: dir,
-    }
+    done
 }
 
 struct Client {
@@ -503,27 +518,11 @@ fn shutdown_drains_requests_still_in_the_backend() {
     let backend = Arc::new(slow::Slow(MemoryBackend::new(SIZE).unwrap(), gate.clone()));
     let exports = ExportSet::new(vec![Arc::new(Export::new("", backend))]);
     let (trigger, shutdown) = Shutdown::new();
-    let p = path.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let done = thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+    let done = serve_in_thread(&path, exports, shutdown, shards, || {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
-        let runtimes = (shards > 0).then(|| ShardRuntimes::start(shards, "test-conn").unwrap());
-        let handles = runtimes.as_ref().map(ShardRuntimes::handles);
-        rt.block_on(async move {
-            let l = Listener::unix(&p).unwrap();
-            ready_tx.send(()).unwrap();
-            Server::new(exports)
-                .shards(handles.unwrap_or_default())
-                .run(vec![l], shutdown)
-                .await
-                .unwrap();
-        });
-        drop(runtimes);
     });
-    ready_rx.recv().unwrap();
     let r = Running {
         path,
         trigger,

@@ -4,12 +4,11 @@
 // Each benchmark uses a subset; helpers may unwrap (a panic there is a benchmark failure).
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use oxio_guest_harness::{find_program, static_binary};
+use oxio_guest_harness::{find_program, static_binary, wait_for_socket};
 
 /// A daemon under test, killed when dropped.
 pub struct Peer(pub Child);
@@ -23,15 +22,11 @@ impl Drop for Peer {
 
 /// Waits until something accepts connections on `sock`.
 pub fn wait_listening(sock: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while UnixStream::connect(sock).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{} not listening",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_for_socket(sock, Duration::from_secs(20)),
+        "{} not listening",
+        sock.display()
+    );
 }
 
 /// The oxio binary under test: `OXIO_BENCH_OXIO`, or built from this tree.
