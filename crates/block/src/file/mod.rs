@@ -81,8 +81,8 @@ fn on_ram_filesystem(file: &File) -> bool {
     if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
         return false;
     }
-    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)] // f_type's type varies by arch
-    let kind = i64::from(st.f_type as i64);
+    #[allow(clippy::unnecessary_cast)] // f_type is i64 here but a narrower type on some arches
+    let kind = st.f_type as i64;
     kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
 }
 
