@@ -33,7 +33,8 @@ use crate::{
 /// Which I/O engine a file backend's queues use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Engine {
-    /// io_uring when the kernel allows it, else the thread pool.
+    /// io_uring when the kernel allows it, else the thread pool; the thread pool for a
+    /// buffered file on tmpfs/ramfs (see `resolve_engine`).
     #[default]
     Auto,
     /// io_uring only (opening a queue fails without it).

@@ -103,7 +103,7 @@ pub struct ServeArgs {
 /// `--engine` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum EngineArg {
-    /// io_uring when available, else a thread pool.
+    /// io_uring when available, else a thread pool; the pool for a buffered file in RAM.
     Auto,
     /// io_uring only.
     IoUring,

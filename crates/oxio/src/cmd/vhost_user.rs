@@ -84,8 +84,10 @@ pub struct BlkArgs {
     /// Open file backends with O_DIRECT (bypass the host page cache).
     #[arg(long)]
     pub direct: bool,
-    /// I/O engine of a file backend: io_uring when available (auto), io_uring only, or a
-    /// few blocking threads per queue (which complete requests out of order).
+    /// I/O engine of a file backend: auto (io_uring when available, but the threads for a
+    /// buffered file on tmpfs/ramfs, where io_uring would hand every request to its own
+    /// workers), io_uring only, or a few blocking threads per queue (which complete requests
+    /// out of order).
     #[arg(long, value_enum, default_value_t = FileEngine::Auto)]
     pub engine: FileEngine,
     /// Serial number the guest reads (GET_ID; at most 20 bytes are sent).
@@ -107,7 +109,7 @@ pub struct BlkArgs {
 /// `--engine`: how a file backend does its I/O.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FileEngine {
-    /// io_uring when the kernel allows it, else threads.
+    /// io_uring when the kernel allows it, else threads; threads for a buffered file in RAM.
     Auto,
     /// io_uring only.
     IoUring,
