@@ -364,6 +364,11 @@ fn print_stats(exports: &ExportSet) {
 }
 
 async fn serve(args: ServeArgs, shards: Vec<tokio::runtime::Handle>) -> Result<(), CmdError> {
+    // Signal handlers first: a SIGTERM that comes as soon as the socket exists (or READY=1 is
+    // sent) must drain the server, not kill it with the default action.
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let exports = exports(&args)?;
     let listeners = listeners(&args).await?;
     banner(&exports, &listeners);
@@ -373,9 +378,6 @@ async fn serve(args: ServeArgs, shards: Vec<tokio::runtime::Handle>) -> Result<(
         .max_connections(args.max_connections)
         .shards(shards);
     let mut task = tokio::spawn(async move { server.run(listeners, shutdown).await });
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
     let period = Duration::from_secs(args.stats_interval.max(1));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut stopping = false;

@@ -162,6 +162,9 @@ fn blk(args: BlkArgs) -> Result<(), CmdError> {
         ..BlockConfig::default()
     };
     let device = Block::new(backend.clone(), cfg);
+    // Signals are caught from before the socket exists: a SIGTERM as soon as it appears
+    // must stop the daemon gracefully, not kill it with the default action.
+    let signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])?;
     let daemon = Arc::new(Daemon::bind(&args.socket, device)?);
     tracing::info!(
         socket = %args.socket.display(),
@@ -172,7 +175,7 @@ fn blk(args: BlkArgs) -> Result<(), CmdError> {
         "vhost-user-blk ready"
     );
     let shutdown = Shutdown::new()?;
-    watch_signals(shutdown.clone(), daemon.clone())?;
+    watch_signals(signals, shutdown.clone(), daemon.clone())?;
     daemon.serve(&shutdown)?;
     tracing::info!(stats = %daemon.summary(), "stopped");
     drop(daemon);
@@ -241,8 +244,11 @@ fn open_omnixtend(args: &BlkArgs) -> Result<(SharedBackend, Arc<Requester>), Cmd
 }
 
 /// First SIGINT/SIGTERM: graceful shutdown; second: exit at once. SIGUSR1: log statistics.
-fn watch_signals(shutdown: Shutdown, daemon: Arc<Daemon<Block>>) -> Result<(), CmdError> {
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])?;
+fn watch_signals(
+    mut signals: Signals,
+    shutdown: Shutdown,
+    daemon: Arc<Daemon<Block>>,
+) -> Result<(), CmdError> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
