@@ -59,9 +59,13 @@ pub(crate) struct WorkerStats {
 const WATCHDOG_MS: i32 = 250;
 /// Ticks (2 s) before requests left without a kick are served and reported.
 const LOST_KICK_TICKS: u32 = 8;
-/// Ticks (0.5 s) a driver may stay behind the published used index before it is
-/// interrupted again (then again every `LOST_KICK_TICKS`).
-const REINTERRUPT_TICKS: u32 = 2;
+/// The first tick, when the worker goes idle with nothing in flight while the driver is still
+/// behind the used index we published. A driver takes its completions within microseconds to
+/// a few milliseconds of its interrupt (even an emulated TCG guest); one still behind after
+/// this long is not slow but waiting for an interrupt that was lost on the way (QEMU's TCG
+/// vhost-user path has been seen to lose one under load), and every request it has in flight
+/// stalls until it is interrupted again. A spurious interrupt is harmless.
+const REINTERRUPT_MS: i32 = 20;
 
 /// A request waiting for the backend.
 struct InFlight<'m> {
@@ -252,8 +256,15 @@ impl Worker {
             }
             // Sleeping, wake up now and then to check that no notification went missing
             // (without serving the ring unless the watchdog says so).
-            let wait = if timeout < 0 { WATCHDOG_MS } else { 0 };
             let n = loop {
+                let wait = match timeout {
+                    0 => 0,
+                    // The first tick of an idle spell is short if the driver is behind.
+                    _ if self.idle_ticks == 0 && slots.used == 0 && self.driver_behind() => {
+                        REINTERRUPT_MS
+                    }
+                    _ => WATCHDOG_MS,
+                };
                 match epoll.wait(wait, &mut events) {
                     Ok(0) if timeout < 0 => {
                         self.idle_ticks += 1;
@@ -291,9 +302,9 @@ impl Worker {
     }
 
     /// On each idle tick: after 2 s, buffers in the avail ring mean a driver notification
-    /// was lost (say so and serve them); after 0.5 s with everything done, a driver still
-    /// behind the published used index missed its interrupt (say so and interrupt again).
-    /// Returns whether there are requests to serve.
+    /// was lost (say so and serve them); after the first tick (`REINTERRUPT_MS`, then every
+    /// 2 s) with everything done, a driver still behind the published used index missed its
+    /// interrupt (say so and interrupt again). Returns whether there are requests to serve.
     fn watchdog(&mut self, mem: &GuestMemory, in_flight: usize, broken: bool) -> bool {
         if broken || in_flight >= self.depth {
             return false;
@@ -321,19 +332,18 @@ impl Worker {
                 in_flight,
                 "backend requests outstanding for long"
             );
-        } else if let Some((event, used)) = self.queue.used_event_and_used() {
-            // Everything is done on our side. A driver whose used_event stays behind what we
-            // published has not taken those completions: if it is waiting for them, its
-            // interrupt was lost on the way. Say so and interrupt again (a spurious
-            // interrupt is harmless); 0 is Linux's "callbacks off" marker, not a stall.
-            let due = ticks % LOST_KICK_TICKS == REINTERRUPT_TICKS;
-            if due && event != used && event != 0 && used.wrapping_sub(event) <= self.queue.size() {
+        } else if ticks % LOST_KICK_TICKS == 1 && self.driver_behind() {
+            // Everything is done on our side and the driver has not taken what we published:
+            // if it is waiting for it, its interrupt was lost on the way. Say so and
+            // interrupt again.
+            if let Some((event, used)) = self.queue.used_event_and_used() {
                 tracing::warn!(
                     queue = self.index,
                     used_event = event,
                     used,
                     interrupts = self.queue.stats().interrupts,
-                    "the driver has not taken completions published 0.5 s ago; interrupting again"
+                    idle_ticks = ticks,
+                    "the driver has not taken the completions published; interrupting again"
                 );
                 self.stats.reinterrupts += 1;
                 if let Err(e) = self.interrupt.signal_used(self.index) {
@@ -342,6 +352,17 @@ impl Worker {
             }
         }
         false
+    }
+
+    /// Whether the driver's `used_event` (split ring, EVENT_IDX) stays behind the used index
+    /// we published: it has not taken completions we interrupted it for. 0 is Linux's
+    /// "callbacks off" marker, not a driver behind.
+    fn driver_behind(&self) -> bool {
+        self.queue
+            .used_event_and_used()
+            .is_some_and(|(event, used)| {
+                event != used && event != 0 && used.wrapping_sub(event) <= self.queue.size()
+            })
     }
 
     /// Polls until `end` for buffers in the avail ring or completions from the backend.
