@@ -558,18 +558,27 @@ fn watchdog_interrupts_a_driver_left_behind_after_a_short_first_tick() {
     r.drivers[0].set_used_event(0xffff);
     let _ = irq.read();
     assert_eq!(r.write(16, &pattern(512, 2)), status::OK);
-    let start = Instant::now();
-    while irq.read().is_err() {
-        assert!(
-            start.elapsed() < Duration::from_millis(240),
-            "not interrupted again before the normal 250 ms watchdog tick"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let took = wait_for_interrupt(
+        irq,
+        Duration::from_millis(240),
+        Duration::from_millis(1),
+        "not interrupted again before the normal 250 ms watchdog tick",
+    );
     assert!(
-        start.elapsed() >= Duration::from_millis(10),
+        took >= Duration::from_millis(10),
         "interrupted at publish time, which the used_event did not ask for"
     );
+}
+
+/// Polls `irq` every `every` until it has fired; fails with `msg` once `limit` has passed.
+/// Returns how long it took.
+fn wait_for_interrupt(irq: &EventFd, limit: Duration, every: Duration, msg: &str) -> Duration {
+    let start = Instant::now();
+    while irq.read().is_err() {
+        assert!(start.elapsed() < limit, "{msg}");
+        std::thread::sleep(every);
+    }
+    start.elapsed()
 }
 
 /// A driver that never takes a completion it was interrupted for (its `used_event` stays
@@ -591,12 +600,10 @@ fn watchdog_interrupts_again_when_the_driver_leaves_completions_behind() {
     // As if the driver had never seen the completion: interrupted again within a watchdog
     // period or two.
     r.drivers[0].set_used_event(0xffff);
-    let start = Instant::now();
-    while irq.read().is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(6),
-            "never interrupted again"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_interrupt(
+        irq,
+        Duration::from_secs(6),
+        Duration::from_millis(50),
+        "never interrupted again",
+    );
 }

@@ -260,7 +260,10 @@ impl Worker {
                 let wait = match timeout {
                     0 => 0,
                     // The first tick of an idle spell is short if the driver is behind.
-                    _ if self.idle_ticks == 0 && slots.used == 0 && self.driver_behind() => {
+                    _ if self.idle_ticks == 0
+                        && slots.used == 0
+                        && self.driver_behind().is_some() =>
+                    {
                         REINTERRUPT_MS
                     }
                     _ => WATCHDOG_MS,
@@ -332,11 +335,11 @@ impl Worker {
                 in_flight,
                 "backend requests outstanding for long"
             );
-        } else if ticks % LOST_KICK_TICKS == 1 && self.driver_behind() {
+        } else if ticks % LOST_KICK_TICKS == 1 {
             // Everything is done on our side and the driver has not taken what we published:
             // if it is waiting for it, its interrupt was lost on the way. Say so and
             // interrupt again.
-            if let Some((event, used)) = self.queue.used_event_and_used() {
+            if let Some((event, used)) = self.driver_behind() {
                 tracing::warn!(
                     queue = self.index,
                     used_event = event,
@@ -354,15 +357,13 @@ impl Worker {
         false
     }
 
-    /// Whether the driver's `used_event` (split ring, EVENT_IDX) stays behind the used index
-    /// we published: it has not taken completions we interrupted it for. 0 is Linux's
-    /// "callbacks off" marker, not a driver behind.
-    fn driver_behind(&self) -> bool {
-        self.queue
-            .used_event_and_used()
-            .is_some_and(|(event, used)| {
-                event != used && event != 0 && used.wrapping_sub(event) <= self.queue.size()
-            })
+    /// The driver's `used_event` and our used index when the first stays behind the second
+    /// (split ring, EVENT_IDX): the driver has not taken completions we interrupted it for.
+    /// 0 is Linux's "callbacks off" marker, not a driver behind.
+    fn driver_behind(&self) -> Option<(u16, u16)> {
+        self.queue.used_event_and_used().filter(|&(event, used)| {
+            event != used && event != 0 && used.wrapping_sub(event) <= self.queue.size()
+        })
     }
 
     /// Polls until `end` for buffers in the avail ring or completions from the backend.
