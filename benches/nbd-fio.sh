@@ -3,10 +3,13 @@
 #   oxio serve   -b memory:1G                          (sparse RAM)
 #   qemu-nbd     raw image on /dev/shm, --aio=io_uring  (RAM-backed file, its fastest setup)
 #   nbdkit       memory 1G                             (sparse RAM, default allocator)
+#   nbdkit       null 1G     (stores nothing, reads zeros: not a real disk, the client's ceiling:
+#                             what fio reaches when the server does no work)
 # all on a Unix socket, in one run, same workloads in the same order:
 #   1 MiB sequential write and read at QD8, then 4 KiB random write and read at QD32,
 # over a 256 MiB region (prefilled before the read and random-write runs). Prints medians of
-# IOPS, MiB/s, oxio's ratio to each peer, and the server's CPU time per request.
+# IOPS, MiB/s, oxio's ratio to each peer and to the null server, and the server's and fio's
+# CPU time per request.
 #
 # Usage: [OXIO_BIN=path] [ONLY=randwrite-4k] [JOBS="1 2"] benches/nbd-fio.sh [SECONDS per run,
 #        default 6] [ROUNDS, default 3]
@@ -64,6 +67,9 @@ start() { # start NAME: launches the server, sets $pid and $uri
         uri="nbd+unix:///?socket=$sock" ;;
     nbdkit)
         nbdkit -f -U "$sock" memory 1G >"$work/nbdkit.log" 2>&1 &
+        uri="nbd+unix:///?socket=$sock" ;;
+    nbdkit-null)
+        nbdkit -f -U "$sock" null 1G >"$work/nbdkit-null.log" 2>&1 &
         uri="nbd+unix:///?socket=$sock" ;;
     esac
     pid=$!
@@ -124,9 +130,10 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2) 
 # bench_jobs: every round of every workload on every server with $jobs fio jobs, then its table.
 bench_jobs() {
     declare -A iops mibs cpu ccpu
-    servers=(oxio qemu-nbd nbdkit)
+    servers=(oxio qemu-nbd nbdkit nbdkit-null)
+    local n=${#servers[@]}
     for round in $(seq "$rounds"); do
-        order=("${servers[@]:$(( (round - 1) % 3 ))}" "${servers[@]:0:$(( (round - 1) % 3 ))}")
+        order=("${servers[@]:$(( (round - 1) % n ))}" "${servers[@]:0:$(( (round - 1) % n ))}")
         for w in "${workloads[@]}"; do
             read -r name rw bs qd <<<"$w"
             for s in "${order[@]}"; do
@@ -149,8 +156,8 @@ bench_jobs() {
     echo
     echo "fio ioengine=nbd, numjobs=$jobs (one connection each), ${runtime} s per run, median of $rounds rounds, Unix socket, RAM-backed, $(nproc) CPUs shared by client and server"
     echo
-    echo "| workload | oxio IOPS (MiB/s) | qemu-nbd IOPS (MiB/s) | nbdkit memory IOPS (MiB/s) | oxio / qemu-nbd | oxio / nbdkit | server CPU µs/request: oxio / qemu-nbd / nbdkit | client (fio) CPU µs/request: oxio / qemu-nbd / nbdkit |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| workload | oxio IOPS (MiB/s) | qemu-nbd IOPS (MiB/s) | nbdkit memory IOPS (MiB/s) | oxio / qemu-nbd | oxio / nbdkit | client ceiling: nbdkit null IOPS (oxio / null) | server CPU µs/request: oxio / qemu-nbd / nbdkit / null | client (fio) CPU µs/request: oxio / qemu-nbd / nbdkit / null |"
+    echo "|---|---|---|---|---|---|---|---|---|"
     for w in "${workloads[@]}"; do
         read -r name _ <<<"$w"
         args=("$name")
@@ -165,8 +172,8 @@ bench_jobs() {
         done
         python3 - "${args[@]}" <<'EOF'
 import sys
-n, oi, om, qi, qm, ki, km, oc, qc, kc, ocl, qcl, kcl = sys.argv[1], *map(float, sys.argv[2:])
-print(f"| {n} | {oi:.0f} ({om:.0f}) | {qi:.0f} ({qm:.0f}) | {ki:.0f} ({km:.0f}) | {oi / qi:.2f}x | {oi / ki:.2f}x | {oc:.1f} / {qc:.1f} / {kc:.1f} | {ocl:.1f} / {qcl:.1f} / {kcl:.1f} |")
+n, oi, om, qi, qm, ki, km, ni, nm, oc, qc, kc, nc, ocl, qcl, kcl, ncl = sys.argv[1], *map(float, sys.argv[2:])
+print(f"| {n} | {oi:.0f} ({om:.0f}) | {qi:.0f} ({qm:.0f}) | {ki:.0f} ({km:.0f}) | {oi / qi:.2f}x | {oi / ki:.2f}x | {ni:.0f} ({oi / ni:.2f}x) | {oc:.1f} / {qc:.1f} / {kc:.1f} / {nc:.1f} | {ocl:.1f} / {qcl:.1f} / {kcl:.1f} / {ncl:.1f} |")
 EOF
     done
 }

@@ -7,7 +7,10 @@
 # a markdown table of medians with oxio's IOPS ratio to the peer (and the ratio per round).
 # Then the same workloads side by side: one guest with both daemons' disks, fio on both at
 # once (two jobs sharing the guest's vCPU), which cancels the host-load drift that swings the
-# sequential rounds (see tests/vhost_user_blk_side_by_side.rs).
+# sequential rounds (see tests/vhost_user_blk_side_by_side.rs). Last, the 4 KiB workloads
+# side by side against qemu-storage-daemon serving a null-co disk (no I/O at all): the
+# guest's own ceiling, to tell "the daemon is slow" from "the guest cannot go faster"
+# (OXIO_BENCH_CEILING=0 skips it; it runs only when comparing with qemu-storage-daemon).
 #
 # Usage: [OXIO_BENCH_ONLY=rand-write] benches/vhost-user-blk.sh [SECONDS per workload, default 5]
 #        [ROUNDS, default 2]
@@ -24,5 +27,10 @@ steal_start
 cargo test --release --locked -p oxio-guest-harness --test vhost_user_blk_bench \
     --test vhost_user_blk_side_by_side -- \
     --ignored --nocapture --test-threads=1
+if [ "${OXIO_BENCH_CEILING:-1}" != 0 ] && [ -z "${OXIO_BENCH_PEER:-}" ]; then
+    OXIO_BENCH_PEER=qsd-null OXIO_BENCH_ONLY=${OXIO_BENCH_ONLY:-rand} \
+        cargo test --release --locked -p oxio-guest-harness --test vhost_user_blk_side_by_side -- \
+        --ignored --nocapture --test-threads=1
+fi
 echo
 steal_report

@@ -36,17 +36,34 @@ pub fn oxio_binary() -> PathBuf {
         .unwrap_or_else(|| static_binary("oxio", "oxio").unwrap())
 }
 
-/// `OXIO_BENCH_PEER`: another oxio binary (e.g. an older build) to compare with instead of
-/// qemu-storage-daemon, for A/B runs of a change.
-pub fn peer_oxio() -> Option<PathBuf> {
-    std::env::var_os("OXIO_BENCH_PEER").map(Into::into)
+/// The daemon the bench compares oxio with, from `OXIO_BENCH_PEER`.
+pub enum PeerKind {
+    /// Unset: qemu-storage-daemon's vhost-user-blk export of the same kind of file.
+    Qsd,
+    /// `qsd-null`: qemu-storage-daemon serving a `null-co` disk of the image's size, which
+    /// completes every request without doing any I/O (`read-zeroes=off`). Not a daemon anyone
+    /// would deploy: it shows the guest's own ceiling, what no backend can beat.
+    QsdNull,
+    /// A path: another oxio binary (e.g. an older build, or a wrapper adding flags), for A/B
+    /// runs of a change.
+    Oxio(PathBuf),
+}
+
+/// `OXIO_BENCH_PEER`, see [`PeerKind`].
+pub fn peer_kind() -> PeerKind {
+    match std::env::var_os("OXIO_BENCH_PEER") {
+        None => PeerKind::Qsd,
+        Some(v) if v == "qsd-null" => PeerKind::QsdNull,
+        Some(v) => PeerKind::Oxio(v.into()),
+    }
 }
 
 /// The peer's name for the tables.
 pub fn peer_name() -> String {
-    match peer_oxio() {
-        Some(p) => format!("peer oxio ({})", p.display()),
-        None => "qemu-storage-daemon".to_string(),
+    match peer_kind() {
+        PeerKind::Qsd => "qemu-storage-daemon".to_string(),
+        PeerKind::QsdNull => "qemu-storage-daemon null-co".to_string(),
+        PeerKind::Oxio(p) => format!("peer oxio ({})", p.display()),
     }
 }
 
@@ -67,12 +84,26 @@ pub fn start_oxio(sock: &Path, image: &Path, binary: &Path) -> Peer {
 
 /// Starts qemu-storage-daemon's vhost-user-blk export of `image` on `sock`.
 pub fn start_qsd(sock: &Path, image: &Path) -> Peer {
+    start_qsd_blockdev(
+        sock,
+        &format!("driver=file,node-name=disk,filename={}", image.display()),
+    )
+}
+
+/// Starts qemu-storage-daemon exporting a `null-co` disk as large as `image` on `sock` (the
+/// guest tells the disks apart by size).
+pub fn start_qsd_null(sock: &Path, image: &Path) -> Peer {
+    let size = std::fs::metadata(image).unwrap().len();
+    start_qsd_blockdev(
+        sock,
+        &format!("driver=null-co,node-name=disk,size={size},read-zeroes=off"),
+    )
+}
+
+fn start_qsd_blockdev(sock: &Path, blockdev: &str) -> Peer {
     let child = Command::new(find_program("qemu-storage-daemon").unwrap())
         .arg("--blockdev")
-        .arg(format!(
-            "driver=file,node-name=disk,filename={}",
-            image.display()
-        ))
+        .arg(blockdev)
         .arg("--export")
         .arg(format!(
             "type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path={},writable=on",
@@ -85,11 +116,12 @@ pub fn start_qsd(sock: &Path, image: &Path) -> Peer {
     Peer(child)
 }
 
-/// Starts the peer: `OXIO_BENCH_PEER` if set, qemu-storage-daemon otherwise.
+/// Starts the peer that `OXIO_BENCH_PEER` names.
 pub fn start_peer(sock: &Path, image: &Path) -> Peer {
-    match peer_oxio() {
-        Some(b) => start_oxio(sock, image, &b),
-        None => start_qsd(sock, image),
+    match peer_kind() {
+        PeerKind::Qsd => start_qsd(sock, image),
+        PeerKind::QsdNull => start_qsd_null(sock, image),
+        PeerKind::Oxio(b) => start_oxio(sock, image, &b),
     }
 }
 
