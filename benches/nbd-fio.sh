@@ -3,8 +3,9 @@
 #   oxio serve   -b memory:1G                          (sparse RAM)
 #   qemu-nbd     raw image on /dev/shm, --aio=io_uring  (RAM-backed file, its fastest setup)
 #   nbdkit       memory 1G                             (sparse RAM, default allocator)
-#   nbdkit       null 1G     (stores nothing, reads zeros: not a real disk, the client's ceiling:
-#                             what fio reaches when the server does no work)
+#   nbdkit       null 1G     (stores nothing, reads zeros: not a disk. With one job, where fio
+#                             is the bottleneck, it shows what fio reaches when the server does
+#                             no storage work; with two, nbdkit's own cost per request shows)
 # all on a Unix socket, in one run, same workloads in the same order:
 #   1 MiB sequential write and read at QD8, then 4 KiB random write and read at QD32,
 # over a 256 MiB region (prefilled before the read and random-write runs). Prints medians of
@@ -156,7 +157,7 @@ bench_jobs() {
     echo
     echo "fio ioengine=nbd, numjobs=$jobs (one connection each), ${runtime} s per run, median of $rounds rounds, Unix socket, RAM-backed, $(nproc) CPUs shared by client and server"
     echo
-    echo "| workload | oxio IOPS (MiB/s) | qemu-nbd IOPS (MiB/s) | nbdkit memory IOPS (MiB/s) | oxio / qemu-nbd | oxio / nbdkit | client ceiling: nbdkit null IOPS (oxio / null) | server CPU µs/request: oxio / qemu-nbd / nbdkit / null | client (fio) CPU µs/request: oxio / qemu-nbd / nbdkit / null |"
+    echo "| workload | oxio IOPS (MiB/s) | qemu-nbd IOPS (MiB/s) | nbdkit memory IOPS (MiB/s) | oxio / qemu-nbd | oxio / nbdkit | nbdkit null (stores nothing) IOPS (oxio / null) | server CPU µs/request: oxio / qemu-nbd / nbdkit / null | client (fio) CPU µs/request: oxio / qemu-nbd / nbdkit / null |"
     echo "|---|---|---|---|---|---|---|---|---|"
     for w in "${workloads[@]}"; do
         read -r name _ <<<"$w"
