@@ -570,6 +570,41 @@ fn watchdog_interrupts_a_driver_left_behind_after_a_short_first_tick() {
     );
 }
 
+/// The same on a packed ring, where the driver says how far it has consumed through the
+/// DESC event mode (`off_wrap`): a driver up to date is left alone; one whose event position
+/// stays behind the used position is interrupted again after the short first tick. (A QEMU
+/// guest on a packed ring hung this way under TCG after a daemon restart: every request
+/// completed and published, the guest waiting for an interrupt that never came.)
+#[test]
+fn watchdog_interrupts_a_packed_driver_left_behind() {
+    let mut r = rig_with(BlockConfig::default(), true);
+    assert_eq!(r.write(8, &pattern(512, 1)), status::OK);
+    let irq = r.irq.clone();
+    let irq = irq.queue_eventfd(0).unwrap();
+    // Up to date: asks for an event at the position it has consumed up to.
+    r.drivers[0].set_interrupts(true);
+    let _ = irq.read();
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        irq.read().is_err(),
+        "interrupted a driver that is up to date"
+    );
+    // Asks for an event at the ring's first slot of this lap (wrap counter 1): the next
+    // publish does not cross it, and the driver is then behind.
+    r.drivers[0].set_driver_event(0x8000, crate::queue::RING_EVENT_FLAGS_DESC);
+    assert_eq!(r.write(16, &pattern(512, 2)), status::OK);
+    let took = wait_for_interrupt(
+        irq,
+        Duration::from_millis(240),
+        Duration::from_millis(1),
+        "not interrupted again before the normal 250 ms watchdog tick",
+    );
+    assert!(
+        took >= Duration::from_millis(10),
+        "interrupted at publish time, which the event position did not ask for"
+    );
+}
+
 /// Polls `irq` every `every` until it has fired; fails with `msg` once `limit` has passed.
 /// Returns how long it took.
 fn wait_for_interrupt(irq: &EventFd, limit: Duration, every: Duration, msg: &str) -> Duration {

@@ -262,7 +262,7 @@ impl Worker {
                     // The first tick of an idle spell is short if the driver is behind.
                     _ if self.idle_ticks == 0
                         && slots.used == 0
-                        && self.driver_behind().is_some() =>
+                        && self.queue.driver_behind().is_some() =>
                     {
                         REINTERRUPT_MS
                     }
@@ -339,10 +339,10 @@ impl Worker {
             // Everything is done on our side and the driver has not taken what we published:
             // if it is waiting for it, its interrupt was lost on the way. Say so and
             // interrupt again.
-            if let Some((event, used)) = self.driver_behind() {
+            if let Some((event, used)) = self.queue.driver_behind() {
                 tracing::warn!(
                     queue = self.index,
-                    used_event = event,
+                    driver_event = event,
                     used,
                     interrupts = self.queue.stats().interrupts,
                     idle_ticks = ticks,
@@ -355,15 +355,6 @@ impl Worker {
             }
         }
         false
-    }
-
-    /// The driver's `used_event` and our used index when the first stays behind the second
-    /// (split ring, EVENT_IDX): the driver has not taken completions we interrupted it for.
-    /// 0 is Linux's "callbacks off" marker, not a driver behind.
-    fn driver_behind(&self) -> Option<(u16, u16)> {
-        self.queue.used_event_and_used().filter(|&(event, used)| {
-            event != used && event != 0 && used.wrapping_sub(event) <= self.queue.size()
-        })
     }
 
     /// Polls until `end` for buffers in the avail ring or completions from the backend.

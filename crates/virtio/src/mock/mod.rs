@@ -300,6 +300,14 @@ impl MockDriver {
         self.write(off, &idx.to_le_bytes());
     }
 
+    /// Packed ring: writes the driver event suppression structure directly (`off_wrap` with
+    /// the wrap counter in bit 15, and the flags).
+    pub fn set_driver_event(&mut self, off_wrap: u16, flags: u16) {
+        let a = self.layout.addrs.driver;
+        self.write(a, &off_wrap.to_le_bytes());
+        self.write(a + 2, &flags.to_le_bytes());
+    }
+
     /// Writes a raw descriptor, in this queue's layout, into the ring's table at `index`
     /// (for malformed-input tests).
     pub fn write_desc(&self, index: u16, desc: crate::queue::RawDescriptor) {

@@ -701,13 +701,16 @@ impl Queue {
         }
     }
 
-    /// Split ring with EVENT_IDX: the driver's `used_event` and the used index we published
-    /// (equal once the driver has taken every completion and asked for the next one). For
-    /// diagnosing stalls; `None` otherwise.
-    pub fn used_event_and_used(&self) -> Option<(u16, u16)> {
+    /// With EVENT_IDX, when the driver has not taken completions we published (its event
+    /// position lies behind our used position): the driver's event position and ours (split:
+    /// `used_event` and the used index; packed: `off_wrap` and the used position, wrap counter
+    /// in bit 15). If it waits for them, its interrupt was lost. `None` when the driver is up
+    /// to date, has callbacks off, or without EVENT_IDX.
+    pub fn driver_behind(&self) -> Option<(u16, u16)> {
         match &self.ring {
-            Some(Ring::Split(r)) => r.used_event_and_used(),
-            _ => None,
+            Some(Ring::Split(r)) => r.driver_behind(),
+            Some(Ring::Packed(r)) => r.driver_behind(),
+            None => None,
         }
     }
 

@@ -304,6 +304,23 @@ impl PackedRing {
         Ok(self.is_avail(flags, self.avail_wrap))
     }
 
+    /// With EVENT_IDX and the driver asking for an event at a descriptor (the DESC mode, which
+    /// Linux keeps at the position it has consumed up to): that `off_wrap` and our used
+    /// position, both with the wrap counter in bit 15, when the first lies behind the second.
+    /// The driver then has not taken completions we published.
+    pub(crate) fn driver_behind(&self) -> Option<(u16, u16)> {
+        if !self.features.event_idx || self.driver.load_u16(2)? & 3 != RING_EVENT_FLAGS_DESC {
+            return None;
+        }
+        let off_wrap = self.driver.load_u16(0)?;
+        let m = 2 * u32::from(self.size);
+        let event = lin(off_wrap & 0x7fff, off_wrap & 0x8000 != 0, self.size) % m;
+        let used = lin(self.next_used, self.used_wrap, self.size);
+        let behind = (used + m - event) % m;
+        let used_wrap = self.next_used | if self.used_wrap { 0x8000 } else { 0 };
+        (behind > 0 && behind <= u32::from(self.size)).then_some((off_wrap, used_wrap))
+    }
+
     pub(crate) fn history_known(&self) -> bool {
         self.signalled.is_some()
     }

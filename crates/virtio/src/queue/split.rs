@@ -233,14 +233,17 @@ impl SplitRing {
         Ok(self.cached_avail != self.next_avail)
     }
 
-    /// With EVENT_IDX: the driver's `used_event` and our published used index, for
-    /// diagnostics (a driver that stays behind us has not taken completions we published).
-    pub(crate) fn used_event_and_used(&self) -> Option<(u16, u16)> {
+    /// With EVENT_IDX: the driver's `used_event` and our published used index when the first
+    /// stays behind the second: the driver has not taken completions we published. 0 is
+    /// Linux's "callbacks off" marker, not a driver behind.
+    pub(crate) fn driver_behind(&self) -> Option<(u16, u16)> {
         if !self.features.event_idx {
             return None;
         }
         let event = self.avail.load_u16(RING + 2 * usize::from(self.size))?;
-        Some((event, self.next_used.0))
+        let used = self.next_used.0;
+        let behind = event != used && event != 0 && used.wrapping_sub(event) <= self.size;
+        behind.then_some((event, used))
     }
 
     pub(crate) fn history_known(&self) -> bool {
